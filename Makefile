@@ -1,0 +1,30 @@
+# legate: two commands do everything on a fresh machine.
+#   make run    start legate on config/default.yaml
+#   make test   build and run every test (unit, integration, CLI)
+#   make bench  micro-benchmarks and the load benchmark (installs wrk and nginx when missing)
+
+CARGO ?= cargo
+CONFIG ?= config/default.yaml
+
+.PHONY: run test lint bench build release
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+run: release
+	@echo "legate is starting on $(CONFIG): try  curl http://127.0.0.1:10000/  (admin: http://127.0.0.1:9901/help)"
+	./target/release/legate -c $(CONFIG)
+
+test:
+	$(CARGO) build --all-targets
+	$(CARGO) test --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench:
+	bash benches/load.sh

@@ -1,0 +1,280 @@
+//! Envoy v3 API types, field for field, for the subset legate supports.
+//!
+//! Every struct denies unknown fields: a field legate does not implement is a startup error with
+//! its path, never silently ignored. Enum-like fields stay strings here so that validation can
+//! answer `unsupported value 'FOO'` instead of serde's generic message.
+
+use super::duration::ProtoDuration;
+use serde::Deserialize;
+use serde_json::Value;
+
+pub const HCM_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+pub const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
+pub const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+pub const ROUTER_NAME: &str = "envoy.filters.http.router";
+pub const STDOUT_LOG_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
+pub const STDERR_LOG_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+pub const FILE_LOG_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    #[serde(default)]
+    pub node: Option<Node>,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub static_resources: StaticResources,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub cluster: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub address: Address,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticResources {
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    pub socket_address: SocketAddress,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketAddress {
+    #[serde(default)]
+    pub protocol: Option<String>,
+    pub address: String,
+    #[serde(default)]
+    pub port_value: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    #[serde(default)]
+    pub name: String,
+    pub address: Address,
+    #[serde(default)]
+    pub stat_prefix: Option<String>,
+    #[serde(default)]
+    pub filter_chains: Vec<FilterChain>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterChain {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub filters: Vec<TypedExtension>,
+}
+
+/// A filter or extension: `name` plus an optional `typed_config` whose `@type` picks the schema.
+/// The legacy form (name only) is accepted for filters whose config may be empty.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypedExtension {
+    pub name: String,
+    #[serde(default)]
+    pub typed_config: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    #[serde(default)]
+    pub codec_type: Option<String>,
+    #[serde(default)]
+    pub route_config: Option<RouteConfiguration>,
+    #[serde(default)]
+    pub http_filters: Vec<TypedExtension>,
+    #[serde(default)]
+    pub access_log: Vec<TypedExtension>,
+    #[serde(default)]
+    pub use_remote_address: Option<bool>,
+    #[serde(default)]
+    pub skip_xff_append: Option<bool>,
+    #[serde(default)]
+    pub generate_request_id: Option<bool>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// `envoy.extensions.filters.http.router.v3.Router`: none of its options are supported yet, so
+/// only the empty message is accepted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Router {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfiguration {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "match")]
+    pub match_: RouteMatch,
+    #[serde(default)]
+    pub route: Option<RouteAction>,
+    #[serde(default)]
+    pub direct_response: Option<DirectResponseAction>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub case_sensitive: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAction {
+    pub cluster: String,
+    #[serde(default)]
+    pub timeout: Option<ProtoDuration>,
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
+    #[serde(default)]
+    pub host_rewrite_literal: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseAction {
+    pub status: u32,
+    #[serde(default)]
+    pub body: Option<DataSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    #[serde(default)]
+    pub inline_string: Option<String>,
+    #[serde(default)]
+    pub filename: Option<String>,
+}
+
+/// `StdoutAccessLog` / `StderrAccessLog`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamAccessLog {
+    #[serde(default)]
+    pub log_format: Option<SubstitutionFormatString>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccessLog {
+    pub path: String,
+    #[serde(default)]
+    pub log_format: Option<SubstitutionFormatString>,
+    /// Deprecated in Envoy but still common in configs found in the wild.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubstitutionFormatString {
+    #[serde(default)]
+    pub text_format: Option<String>,
+    #[serde(default)]
+    pub text_format_source: Option<DataSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    #[serde(default)]
+    pub connect_timeout: Option<ProtoDuration>,
+    #[serde(default)]
+    pub lb_policy: Option<String>,
+    #[serde(default)]
+    pub load_assignment: Option<ClusterLoadAssignment>,
+    #[serde(default)]
+    pub dns_refresh_rate: Option<ProtoDuration>,
+    #[serde(default)]
+    pub dns_lookup_family: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterLoadAssignment {
+    #[serde(default)]
+    pub cluster_name: String,
+    #[serde(default)]
+    pub endpoints: Vec<LocalityLbEndpoints>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityLbEndpoints {
+    #[serde(default)]
+    pub lb_endpoints: Vec<LbEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbEndpoint {
+    pub endpoint: Endpoint,
+    #[serde(default)]
+    pub load_balancing_weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub address: Address,
+    #[serde(default)]
+    pub hostname: Option<String>,
+}

@@ -1,0 +1,728 @@
+//! Proto types → runtime types, once, at startup. Every semantic error is collected with its field
+//! path so `--mode validate` can list them all.
+
+use super::duration::ProtoDuration;
+use super::load::deserialize_at;
+use super::proto::{self, *};
+use super::FieldError;
+use crate::http::router::{self, RouteTable};
+use crate::observe::access_log::{Format, DEFAULT_FORMAT};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A validated bootstrap: everything the server needs, nothing left to check.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: String,
+    pub admin: Option<SocketAddr>,
+    pub listeners: Vec<ListenerConfig>,
+    pub clusters: Vec<ClusterConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    /// `listener.<stat_prefix>.`; Envoy defaults it to the address with `:` replaced by `_`.
+    pub stat_prefix: String,
+    pub hcm: Arc<HcmConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HcmConfig {
+    pub stat_prefix: String,
+    pub routes: RouteTable<String>,
+    pub access_logs: Vec<AccessLogConfig>,
+    pub use_remote_address: bool,
+    pub skip_xff_append: bool,
+    pub generate_request_id: bool,
+    pub server_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLogConfig {
+    pub sink: AccessLogSink,
+    pub format: Arc<Format>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogSink {
+    Stdout,
+    Stderr,
+    File(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterType {
+    Static,
+    StrictDns,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsLookupFamily {
+    Auto,
+    V4Only,
+    V6Only,
+    V4Preferred,
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub cluster_type: ClusterType,
+    pub connect_timeout: Duration,
+    pub dns_refresh_rate: Duration,
+    pub dns_lookup_family: DnsLookupFamily,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// An endpoint as configured: an IP address for STATIC clusters, a name to resolve for
+/// STRICT_DNS ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
+/// Envoy's defaults (cluster.proto, route_components.proto).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Envoy caps a direct response body at 4 KiB (`max_direct_response_body_size_bytes`).
+const MAX_DIRECT_RESPONSE_BODY: usize = 4096;
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn unsupported(&mut self, path: String, value: &str) {
+        self.add(path, format!("unsupported value '{value}'"));
+    }
+
+    /// Deserialise a `typed_config` whose `@type` was already checked.
+    fn typed<T: DeserializeOwned + Default>(
+        &mut self,
+        value: Option<Value>,
+        path: &str,
+    ) -> Option<T> {
+        let Some(mut value) = value else {
+            return Some(T::default());
+        };
+        if let Value::Object(map) = &mut value {
+            map.remove("@type");
+        }
+        match deserialize_at::<T>(value, path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
+}
+
+fn type_url(value: &Option<Value>) -> Option<&str> {
+    value.as_ref()?.get("@type")?.as_str()
+}
+
+pub fn validate(b: Bootstrap) -> Result<Config, Vec<FieldError>> {
+    let mut errs = Errors::default();
+
+    let admin = b
+        .admin
+        .as_ref()
+        .and_then(|a| listen_address(&a.address, "admin.address", &mut errs));
+
+    let mut cluster_names = HashSet::new();
+    let mut clusters = Vec::new();
+    for (i, c) in b.static_resources.clusters.into_iter().enumerate() {
+        let path = format!("static_resources.clusters[{i}]");
+        if !cluster_names.insert(c.name.clone()) {
+            errs.add(
+                format!("{path}.name"),
+                format!("duplicate cluster name '{}'", c.name),
+            );
+        }
+        if let Some(c) = cluster(c, &path, &mut errs) {
+            clusters.push(c);
+        }
+    }
+
+    let mut listeners = Vec::new();
+    let mut listener_names = HashSet::new();
+    for (i, l) in b.static_resources.listeners.into_iter().enumerate() {
+        let path = format!("static_resources.listeners[{i}]");
+        if !l.name.is_empty() && !listener_names.insert(l.name.clone()) {
+            errs.add(
+                format!("{path}.name"),
+                format!("duplicate listener name '{}'", l.name),
+            );
+        }
+        if let Some(l) = listener(l, &path, &cluster_names, &mut errs) {
+            listeners.push(l);
+        }
+    }
+
+    if errs.0.is_empty() {
+        Ok(Config {
+            node_id: b.node.map(|n| n.id).unwrap_or_default(),
+            admin,
+            listeners,
+            clusters,
+        })
+    } else {
+        Err(errs.0)
+    }
+}
+
+fn listen_address(a: &Address, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
+    let sa = &a.socket_address;
+    protocol_tcp(sa, path, errs);
+    let ip: IpAddr = match sa.address.parse() {
+        Ok(ip) => ip,
+        Err(_) => {
+            errs.add(
+                format!("{path}.socket_address.address"),
+                format!(
+                    "'{}' is not an IP address (listeners bind to IP addresses)",
+                    sa.address
+                ),
+            );
+            return None;
+        }
+    };
+    let port = port(sa, path, errs)?;
+    Some(SocketAddr::new(ip, port))
+}
+
+fn protocol_tcp(sa: &SocketAddress, path: &str, errs: &mut Errors) {
+    if let Some(p) = &sa.protocol {
+        if p != "TCP" {
+            errs.unsupported(format!("{path}.socket_address.protocol"), p);
+        }
+    }
+}
+
+fn port(sa: &SocketAddress, path: &str, errs: &mut Errors) -> Option<u16> {
+    match u16::try_from(sa.port_value) {
+        Ok(p) => Some(p),
+        Err(_) => {
+            errs.add(
+                format!("{path}.socket_address.port_value"),
+                format!("{} is not a port (0-65535)", sa.port_value),
+            );
+            None
+        }
+    }
+}
+
+fn listener(
+    l: proto::Listener,
+    path: &str,
+    clusters: &HashSet<String>,
+    errs: &mut Errors,
+) -> Option<ListenerConfig> {
+    let address = listen_address(&l.address, &format!("{path}.address"), errs);
+    if l.filter_chains.is_empty() {
+        errs.add(
+            format!("{path}.filter_chains"),
+            "a listener needs at least one filter chain",
+        );
+        return None;
+    }
+    if l.filter_chains.len() > 1 {
+        // Choosing among chains needs filter_chain_match, which legate does not implement yet.
+        errs.add(
+            format!("{path}.filter_chains"),
+            "only one filter chain per listener is supported (filter_chain_match is not implemented)",
+        );
+    }
+    let mut hcm = None;
+    for (ci, chain) in l.filter_chains.into_iter().enumerate() {
+        let cpath = format!("{path}.filter_chains[{ci}]");
+        if chain.filters.is_empty() {
+            errs.add(
+                format!("{cpath}.filters"),
+                "a filter chain needs a terminal filter",
+            );
+        }
+        let count = chain.filters.len();
+        for (fi, f) in chain.filters.into_iter().enumerate() {
+            let fpath = format!("{cpath}.filters[{fi}]");
+            let url = type_url(&f.typed_config).map(str::to_owned);
+            let is_hcm = match url.as_deref() {
+                Some(HCM_TYPE) => true,
+                Some(other) => {
+                    errs.add(
+                        format!("{fpath}.typed_config.@type"),
+                        format!("unsupported network filter type '{other}'"),
+                    );
+                    false
+                }
+                None if f.name == HCM_NAME => true,
+                None => {
+                    errs.add(
+                        format!("{fpath}.name"),
+                        format!("unsupported network filter '{}'", f.name),
+                    );
+                    false
+                }
+            };
+            if !is_hcm {
+                continue;
+            }
+            if fi + 1 != count {
+                errs.add(
+                    fpath.clone(),
+                    "http_connection_manager is a terminal filter and must be last",
+                );
+            }
+            let tpath = format!("{fpath}.typed_config");
+            let Some(cfg) = f.typed_config else {
+                errs.add(
+                    tpath,
+                    "http_connection_manager needs a typed_config (stat_prefix is required)",
+                );
+                continue;
+            };
+            let mut cfg = cfg;
+            if let Value::Object(map) = &mut cfg {
+                map.remove("@type");
+            }
+            match deserialize_at::<HttpConnectionManager>(cfg, &tpath) {
+                Ok(parsed) => hcm = http_connection_manager(parsed, &tpath, clusters, errs),
+                Err(e) => errs.0.push(e),
+            }
+        }
+    }
+    let address = address?;
+    let hcm = hcm?;
+    let stat_prefix = l.stat_prefix.unwrap_or_else(|| address_stat_name(&address));
+    Some(ListenerConfig {
+        name: l.name,
+        address,
+        stat_prefix,
+        hcm: Arc::new(hcm),
+    })
+}
+
+/// Envoy names listener stats after the address: `127.0.0.1_10000`, `[::1]_10000` becomes `::1_10000`.
+pub fn address_stat_name(a: &SocketAddr) -> String {
+    format!("{}_{}", a.ip(), a.port())
+}
+
+fn http_connection_manager(
+    h: HttpConnectionManager,
+    path: &str,
+    clusters: &HashSet<String>,
+    errs: &mut Errors,
+) -> Option<HcmConfig> {
+    match h.codec_type.as_deref() {
+        None | Some("AUTO") | Some("HTTP1") => {}
+        // HTTP/2 arrives with its own issue; until then AUTO serves HTTP/1.1 only.
+        Some(other) => errs.unsupported(format!("{path}.codec_type"), other),
+    }
+
+    // HTTP filters: the router is required and must be last; no other filter exists yet.
+    let n = h.http_filters.len();
+    if n == 0 {
+        errs.add(
+            format!("{path}.http_filters"),
+            "the router filter (envoy.filters.http.router) is required",
+        );
+    }
+    for (i, f) in h.http_filters.into_iter().enumerate() {
+        let fpath = format!("{path}.http_filters[{i}]");
+        let is_router = match type_url(&f.typed_config) {
+            Some(ROUTER_TYPE) => true,
+            Some(other) => {
+                errs.add(
+                    format!("{fpath}.typed_config.@type"),
+                    format!("unsupported HTTP filter type '{other}'"),
+                );
+                false
+            }
+            None if f.name == ROUTER_NAME => true,
+            None => {
+                errs.add(
+                    format!("{fpath}.name"),
+                    format!("unsupported HTTP filter '{}'", f.name),
+                );
+                false
+            }
+        };
+        if is_router {
+            errs.typed::<Router>(f.typed_config, &format!("{fpath}.typed_config"));
+            if i + 1 != n {
+                errs.add(fpath, "the router filter must be the last HTTP filter");
+            }
+        }
+    }
+
+    let mut access_logs = Vec::new();
+    for (i, a) in h.access_log.into_iter().enumerate() {
+        if let Some(a) = access_log(a, &format!("{path}.access_log[{i}]"), errs) {
+            access_logs.push(a);
+        }
+    }
+
+    let routes = match h.route_config {
+        Some(rc) => route_config(rc, &format!("{path}.route_config"), clusters, errs),
+        None => {
+            errs.add(
+                format!("{path}.route_config"),
+                "route_config is required (rds is not supported)",
+            );
+            None
+        }
+    };
+
+    Some(HcmConfig {
+        stat_prefix: h.stat_prefix,
+        routes: routes?,
+        access_logs,
+        use_remote_address: h.use_remote_address.unwrap_or(false),
+        skip_xff_append: h.skip_xff_append.unwrap_or(false),
+        generate_request_id: h.generate_request_id.unwrap_or(true),
+        server_name: h.server_name.unwrap_or_else(|| "legate".to_string()),
+    })
+}
+
+fn access_log(a: TypedExtension, path: &str, errs: &mut Errors) -> Option<AccessLogConfig> {
+    let tpath = format!("{path}.typed_config");
+    let (sink, format) = match type_url(&a.typed_config) {
+        Some(STDOUT_LOG_TYPE) => {
+            let s: StreamAccessLog = errs.typed(a.typed_config, &tpath)?;
+            (AccessLogSink::Stdout, s.log_format)
+        }
+        Some(STDERR_LOG_TYPE) => {
+            let s: StreamAccessLog = errs.typed(a.typed_config, &tpath)?;
+            (AccessLogSink::Stderr, s.log_format)
+        }
+        Some(FILE_LOG_TYPE) => {
+            let mut v = a.typed_config?;
+            if let Value::Object(map) = &mut v {
+                map.remove("@type");
+            }
+            let f: FileAccessLog = match deserialize_at(v, &tpath) {
+                Ok(f) => f,
+                Err(e) => {
+                    errs.0.push(e);
+                    return None;
+                }
+            };
+            let format = f.log_format.or(f.format.map(|s| SubstitutionFormatString {
+                text_format: Some(s),
+                text_format_source: None,
+            }));
+            let sink = match f.path.as_str() {
+                "/dev/stdout" => AccessLogSink::Stdout,
+                "/dev/stderr" => AccessLogSink::Stderr,
+                p => AccessLogSink::File(p.to_string()),
+            };
+            (sink, format)
+        }
+        Some(other) => {
+            errs.add(
+                format!("{tpath}.@type"),
+                format!("unsupported access logger type '{other}'"),
+            );
+            return None;
+        }
+        None => {
+            errs.add(
+                tpath,
+                format!("access logger '{}' needs a typed_config with @type", a.name),
+            );
+            return None;
+        }
+    };
+    let text = match format {
+        None => DEFAULT_FORMAT.to_string(),
+        Some(SubstitutionFormatString {
+            text_format: Some(t),
+            text_format_source: None,
+        }) => t,
+        Some(SubstitutionFormatString {
+            text_format: None,
+            text_format_source: Some(src),
+        }) => data_source(
+            &src,
+            &format!("{tpath}.log_format.text_format_source"),
+            errs,
+        )?,
+        Some(_) => {
+            errs.add(
+                format!("{tpath}.log_format"),
+                "set exactly one of text_format, text_format_source",
+            );
+            return None;
+        }
+    };
+    match Format::parse(&text) {
+        Ok(format) => Some(AccessLogConfig {
+            sink,
+            format: Arc::new(format),
+        }),
+        Err(e) => {
+            errs.add(format!("{tpath}.log_format"), e);
+            None
+        }
+    }
+}
+
+fn data_source(d: &DataSource, path: &str, errs: &mut Errors) -> Option<String> {
+    match (&d.inline_string, &d.filename) {
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                errs.add(
+                    format!("{path}.filename"),
+                    format!("cannot read '{f}': {e}"),
+                );
+                None
+            }
+        },
+        _ => {
+            errs.add(
+                path.to_string(),
+                "set exactly one of inline_string, filename",
+            );
+            None
+        }
+    }
+}
+
+fn route_config(
+    rc: RouteConfiguration,
+    path: &str,
+    clusters: &HashSet<String>,
+    errs: &mut Errors,
+) -> Option<RouteTable<String>> {
+    let mut vhosts = Vec::new();
+    let mut seen_domains = HashSet::new();
+    for (vi, vh) in rc.virtual_hosts.into_iter().enumerate() {
+        let vpath = format!("{path}.virtual_hosts[{vi}]");
+        if vh.domains.is_empty() {
+            errs.add(
+                format!("{vpath}.domains"),
+                "a virtual host needs at least one domain",
+            );
+        }
+        for (di, d) in vh.domains.iter().enumerate() {
+            let d = d.to_ascii_lowercase();
+            if let Err(e) = router::validate_domain(&d) {
+                errs.add(format!("{vpath}.domains[{di}]"), e);
+            } else if !seen_domains.insert(d.clone()) {
+                // Envoy rejects a domain that two virtual hosts claim.
+                errs.add(
+                    format!("{vpath}.domains[{di}]"),
+                    format!("domain '{d}' is already used by another virtual host"),
+                );
+            }
+        }
+        let mut routes = Vec::new();
+        for (ri, r) in vh.routes.into_iter().enumerate() {
+            if let Some(r) = route(r, &format!("{vpath}.routes[{ri}]"), clusters, errs) {
+                routes.push(r);
+            }
+        }
+        vhosts.push(router::VirtualHost {
+            name: vh.name,
+            domains: vh.domains,
+            routes,
+        });
+    }
+    Some(RouteTable::new(rc.name, vhosts))
+}
+
+fn route(
+    r: proto::Route,
+    path: &str,
+    clusters: &HashSet<String>,
+    errs: &mut Errors,
+) -> Option<router::Route<String>> {
+    let case_sensitive = r.match_.case_sensitive.unwrap_or(true);
+    let path_match = match (r.match_.prefix, r.match_.path) {
+        (Some(p), None) => router::PathMatch::Prefix(p),
+        (None, Some(p)) => router::PathMatch::Path(p),
+        (None, None) => {
+            errs.add(
+                format!("{path}.match"),
+                "set one of prefix, path (other matchers are not supported)",
+            );
+            return None;
+        }
+        (Some(_), Some(_)) => {
+            errs.add(
+                format!("{path}.match"),
+                "prefix and path are mutually exclusive",
+            );
+            return None;
+        }
+    };
+    let action = match (r.route, r.direct_response) {
+        (Some(a), None) => {
+            if !clusters.contains(&a.cluster) {
+                errs.add(
+                    format!("{path}.route.cluster"),
+                    format!("unknown cluster '{}'", a.cluster),
+                );
+            }
+            router::Action::Forward(router::Forward {
+                cluster: a.cluster,
+                timeout: a
+                    .timeout
+                    .map(|ProtoDuration(d)| d)
+                    .unwrap_or(DEFAULT_ROUTE_TIMEOUT),
+                prefix_rewrite: a.prefix_rewrite,
+                host_rewrite: a.host_rewrite_literal,
+            })
+        }
+        (None, Some(d)) => {
+            if !(200..=599).contains(&d.status) {
+                errs.add(
+                    format!("{path}.direct_response.status"),
+                    format!("{} is not an HTTP status in [200, 600)", d.status),
+                );
+                return None;
+            }
+            let body = match &d.body {
+                Some(b) => data_source(b, &format!("{path}.direct_response.body"), errs)?,
+                None => String::new(),
+            };
+            if body.len() > MAX_DIRECT_RESPONSE_BODY {
+                errs.add(
+                    format!("{path}.direct_response.body"),
+                    format!(
+                        "body is {} bytes; the limit is {MAX_DIRECT_RESPONSE_BODY}",
+                        body.len()
+                    ),
+                );
+            }
+            router::Action::DirectResponse {
+                status: d.status as u16,
+                body: body.into(),
+            }
+        }
+        (None, None) => {
+            errs.add(
+                path.to_string(),
+                "set one of route, direct_response (redirect is not supported)",
+            );
+            return None;
+        }
+        (Some(_), Some(_)) => {
+            errs.add(
+                path.to_string(),
+                "route and direct_response are mutually exclusive",
+            );
+            return None;
+        }
+    };
+    Some(router::Route {
+        name: r.name,
+        path_match,
+        case_sensitive,
+        action,
+    })
+}
+
+fn cluster(c: proto::Cluster, path: &str, errs: &mut Errors) -> Option<ClusterConfig> {
+    let cluster_type = match c.type_.as_deref() {
+        None | Some("STATIC") => ClusterType::Static,
+        Some("STRICT_DNS") => ClusterType::StrictDns,
+        Some(other) => {
+            errs.unsupported(format!("{path}.type"), other);
+            return None;
+        }
+    };
+    match c.lb_policy.as_deref() {
+        None | Some("ROUND_ROBIN") => {}
+        Some(other) => errs.unsupported(format!("{path}.lb_policy"), other),
+    }
+    let dns_lookup_family = match c.dns_lookup_family.as_deref() {
+        None | Some("AUTO") => DnsLookupFamily::Auto,
+        Some("V4_ONLY") => DnsLookupFamily::V4Only,
+        Some("V6_ONLY") => DnsLookupFamily::V6Only,
+        Some("V4_PREFERRED") => DnsLookupFamily::V4Preferred,
+        Some("ALL") => DnsLookupFamily::All,
+        Some(other) => {
+            errs.unsupported(format!("{path}.dns_lookup_family"), other);
+            DnsLookupFamily::Auto
+        }
+    };
+    let connect_timeout = c
+        .connect_timeout
+        .map(|d| d.0)
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    if connect_timeout.is_zero() {
+        errs.add(format!("{path}.connect_timeout"), "must be greater than 0s");
+    }
+    let dns_refresh_rate = c
+        .dns_refresh_rate
+        .map(|d| d.0)
+        .unwrap_or(DEFAULT_DNS_REFRESH_RATE);
+    if dns_refresh_rate < Duration::from_millis(1) {
+        errs.add(format!("{path}.dns_refresh_rate"), "must be at least 1ms");
+    }
+    let mut endpoints = Vec::new();
+    if let Some(la) = c.load_assignment {
+        for (li, locality) in la.endpoints.into_iter().enumerate() {
+            for (ei, lb) in locality.lb_endpoints.into_iter().enumerate() {
+                let epath = format!("{path}.load_assignment.endpoints[{li}].lb_endpoints[{ei}]");
+                let apath = format!("{epath}.endpoint.address");
+                let sa = &lb.endpoint.address.socket_address;
+                protocol_tcp(sa, &apath, errs);
+                let Some(port) = port(sa, &apath, errs) else {
+                    continue;
+                };
+                if cluster_type == ClusterType::Static && sa.address.parse::<IpAddr>().is_err() {
+                    errs.add(
+                        format!("{apath}.socket_address.address"),
+                        format!(
+                            "'{}' is not an IP address; use type STRICT_DNS to resolve names",
+                            sa.address
+                        ),
+                    );
+                    continue;
+                }
+                let weight = lb.load_balancing_weight.unwrap_or(1);
+                if weight == 0 {
+                    errs.add(
+                        format!("{epath}.load_balancing_weight"),
+                        "must be at least 1",
+                    );
+                    continue;
+                }
+                endpoints.push(EndpointConfig {
+                    host: sa.address.clone(),
+                    port,
+                    weight,
+                });
+            }
+        }
+    }
+    Some(ClusterConfig {
+        name: c.name,
+        cluster_type,
+        connect_timeout,
+        dns_refresh_rate,
+        dns_lookup_family,
+        endpoints,
+    })
+}

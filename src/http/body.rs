@@ -1,0 +1,180 @@
+//! Bodies on both hops. Both wrap hyper's `Incoming` without copying: frames pass through as
+//! they arrive, so backpressure is hyper's own (a slow reader stops the upstream read).
+
+use super::stream_info::StreamInfo;
+use crate::cluster::endpoint_pool::Sender;
+use crate::cluster::Host;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+/// A downstream request body on its way upstream; counts bytes for `%BYTES_RECEIVED%`.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    received: Arc<AtomicU64>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, received: Arc<AtomicU64>) -> Self {
+        RequestBody {
+            inner: Some(inner),
+            received,
+        }
+    }
+
+    pub fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            received: Arc::default(),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(d) = f.data_ref() {
+                // Relaxed: read once, after the stream has ended.
+                this.received.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// A response on its way downstream: an upstream body or a local one. It carries the request's
+/// [`StreamInfo`]; when the body ends (or is dropped early) the request is finished: the
+/// upstream connection goes back to its pool if the response completed, stats and access logs
+/// are written.
+pub struct ResponseBody {
+    kind: Kind,
+    stream: Option<Box<StreamInfo>>,
+    /// The upstream connection, returned to the pool once the response is complete.
+    conn: Option<(Sender, Arc<Host>)>,
+    done: bool,
+}
+
+enum Kind {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn upstream(
+        body: Incoming,
+        stream: Box<StreamInfo>,
+        conn: Sender,
+        host: Arc<Host>,
+    ) -> Self {
+        ResponseBody {
+            kind: Kind::Upstream(body),
+            stream: Some(stream),
+            conn: Some((conn, host)),
+            done: false,
+        }
+    }
+
+    pub fn full(body: Bytes, stream: Option<Box<StreamInfo>>) -> Self {
+        ResponseBody {
+            kind: Kind::Full(if body.is_empty() { None } else { Some(body) }),
+            stream,
+            conn: None,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        let complete = self.done || self.is_end_stream();
+        if let Some((sender, host)) = self.conn.take() {
+            if complete {
+                host.pool.checkin(sender);
+            }
+        }
+        if let Some(mut stream) = self.stream.take() {
+            stream.finish(complete);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = match &mut this.kind {
+            Kind::Full(b) => b.take().map(|b| Ok(Frame::data(b))),
+            Kind::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
+        };
+        match &frame {
+            Some(Ok(f)) => {
+                if let (Some(d), Some(s)) = (f.data_ref(), this.stream.as_mut()) {
+                    s.bytes_sent += d.len() as u64;
+                }
+            }
+            Some(Err(_)) => {
+                // The upstream reset mid-response. Returning the error makes hyper abort the
+                // downstream connection, so the client sees a broken response, never a short
+                // one that looks complete.
+                if let Some(s) = this.stream.as_mut() {
+                    s.upstream_reset_mid_response();
+                }
+                this.conn = None;
+                this.finish();
+            }
+            None => {
+                this.done = true;
+                this.finish();
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(b) => b.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -1,0 +1,89 @@
+//! Replies legate makes itself, and the one place that maps a failure to Envoy's status code,
+//! response flag, `%RESPONSE_CODE_DETAILS%` and body.
+
+use super::response_flags::ResponseFlags;
+use bytes::Bytes;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalReply {
+    /// No virtual host or route matched.
+    NoRoute,
+    /// The cluster has no host to send to.
+    NoHealthyUpstream,
+    /// Connecting to the chosen host failed; the string is the transport failure reason.
+    ConnectFailure(String),
+    /// The upstream connection closed or reset before response headers arrived.
+    ConnectionTermination,
+    /// The route timeout fired before the response headers arrived.
+    UpstreamTimeout,
+    /// The upstream sent a response hyper could not parse.
+    UpstreamProtocolError,
+}
+
+impl LocalReply {
+    pub fn status(&self) -> u16 {
+        match self {
+            LocalReply::NoRoute => 404,
+            LocalReply::NoHealthyUpstream
+            | LocalReply::ConnectFailure(_)
+            | LocalReply::ConnectionTermination => 503,
+            LocalReply::UpstreamTimeout => 504,
+            LocalReply::UpstreamProtocolError => 502,
+        }
+    }
+
+    pub fn flag(&self) -> ResponseFlags {
+        match self {
+            LocalReply::NoRoute => ResponseFlags::NO_ROUTE_FOUND,
+            LocalReply::NoHealthyUpstream => ResponseFlags::NO_HEALTHY_UPSTREAM,
+            LocalReply::ConnectFailure(_) => ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+            LocalReply::ConnectionTermination => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+            LocalReply::UpstreamTimeout => ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+            LocalReply::UpstreamProtocolError => ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+        }
+    }
+
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for this reply.
+    pub fn details(&self) -> &'static str {
+        match self {
+            LocalReply::NoRoute => "route_not_found",
+            LocalReply::NoHealthyUpstream => "no_healthy_upstream",
+            LocalReply::ConnectFailure(_) => {
+                "upstream_reset_before_response_started{remote_connection_failure}"
+            }
+            LocalReply::ConnectionTermination => {
+                "upstream_reset_before_response_started{connection_termination}"
+            }
+            LocalReply::UpstreamTimeout => "upstream_response_timeout",
+            LocalReply::UpstreamProtocolError => {
+                "upstream_reset_before_response_started{protocol_error}"
+            }
+        }
+    }
+
+    /// The transport failure reason, for `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    pub fn transport_failure_reason(&self) -> &str {
+        match self {
+            LocalReply::ConnectFailure(reason) => reason,
+            _ => "",
+        }
+    }
+
+    /// The body Envoy sends (plain text; the no-route 404 has none).
+    pub fn body(&self) -> Bytes {
+        match self {
+            LocalReply::NoRoute => Bytes::new(),
+            LocalReply::NoHealthyUpstream => Bytes::from_static(b"no healthy upstream"),
+            LocalReply::ConnectFailure(reason) => Bytes::from(format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: {reason}"
+            )),
+            LocalReply::ConnectionTermination => Bytes::from_static(
+                b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            ),
+            LocalReply::UpstreamTimeout => Bytes::from_static(b"upstream request timeout"),
+            LocalReply::UpstreamProtocolError => Bytes::from_static(
+                b"upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+            ),
+        }
+    }
+}

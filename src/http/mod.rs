@@ -1,0 +1,15 @@
+//! HTTP: the connection manager (codec glue, per-request flow), the router, bodies and headers.
+//!
+//! Life of a request here: [`connection_manager::serve`] runs hyper's codec on one downstream
+//! connection; each request goes to [`connection_manager::ConnectionManager::handle`], which picks a
+//! route ([`router`]), answers locally ([`local_reply`]) or forwards through the router filter
+//! ([`router::forward`]) to a pooled upstream connection; the response streams back through
+//! [`body::ResponseBody`], whose end writes stats and the access log ([`stream_info`]).
+
+pub mod body;
+pub mod connection_manager;
+pub mod headers;
+pub mod local_reply;
+pub mod response_flags;
+pub mod router;
+pub mod stream_info;

@@ -1,0 +1,137 @@
+//! What legate knows about one request while it is in flight, and its ending: stats and access
+//! log lines are written once, when the response body ends or is dropped.
+
+use super::connection_manager::{ConnectionManager, Downstream};
+use super::response_flags::ResponseFlags;
+use crate::cluster::{Cluster, Host};
+use crate::observe::access_log::{Captured, Entry};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+pub struct StreamInfo {
+    pub cm: Arc<ConnectionManager>,
+    pub start: Instant,
+    pub start_time: SystemTime,
+    pub downstream: Downstream,
+    pub protocol: &'static str,
+    pub status: u16,
+    pub flags: ResponseFlags,
+    pub details: &'static str,
+    /// (virtual host, route) indexes into the connection manager's route table.
+    pub route: Option<(usize, usize)>,
+    pub upstream: Option<(Arc<Cluster>, Arc<Host>)>,
+    pub upstream_start: Option<Instant>,
+    pub transport_failure_reason: Option<Box<str>>,
+    pub bytes_received: Arc<AtomicU64>,
+    pub bytes_sent: u64,
+    /// One per configured access log.
+    pub captured: Vec<Captured>,
+}
+
+impl StreamInfo {
+    pub fn new(cm: Arc<ConnectionManager>, downstream: Downstream, protocol: &'static str) -> Self {
+        StreamInfo {
+            cm,
+            start: Instant::now(),
+            start_time: SystemTime::now(),
+            downstream,
+            protocol,
+            status: 0,
+            flags: ResponseFlags::default(),
+            details: "",
+            route: None,
+            upstream: None,
+            upstream_start: None,
+            transport_failure_reason: None,
+            bytes_received: Arc::default(),
+            bytes_sent: 0,
+            captured: Vec::new(),
+        }
+    }
+
+    /// The upstream reset while the response body was streaming.
+    pub fn upstream_reset_mid_response(&mut self) {
+        self.flags.set(ResponseFlags::UPSTREAM_REMOTE_RESET);
+        self.details = "upstream_reset_after_response_started{remote_reset}";
+        if let Some((cluster, _)) = &self.upstream {
+            cluster.stats.upstream_rq_rx_reset.increment(1);
+        }
+    }
+
+    /// Called exactly once, by the response body, when the request is over.
+    pub fn finish(&mut self, complete: bool) {
+        if !complete && !self.flags.contains(ResponseFlags::UPSTREAM_REMOTE_RESET) {
+            // The response did not reach its end and the upstream did not cause it: the
+            // downstream went away.
+            self.flags
+                .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            if self.details.is_empty() || self.details == "via_upstream" {
+                self.details = "downstream_remote_disconnect";
+            }
+        }
+        let elapsed = self.start.elapsed();
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let cm = &self.cm;
+        cm.stats.downstream_rq_active.decrement(1.0);
+        cm.stats.downstream_rq_completed.increment(1);
+        cm.stats.downstream_rq.record(self.status);
+        cm.stats.downstream_rq_time.record_value(ms);
+        if let Some((cluster, host)) = &self.upstream {
+            let s = &cluster.stats;
+            s.upstream_rq_active.decrement(1.0);
+            host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+            if self.upstream_start.is_some()
+                && self.status != 0
+                && !self.flags.contains(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT)
+            {
+                s.upstream_rq_completed.increment(1);
+                s.upstream_rq.record(self.status);
+                if let Some(t) = self.upstream_start {
+                    s.upstream_rq_time
+                        .record_value(t.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            let ok = self.status < 500 && self.flags.is_empty();
+            let counter = if ok {
+                &host.stats.rq_success
+            } else {
+                &host.stats.rq_error
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        if !cm.access_logs.is_empty() {
+            self.write_access_logs(elapsed);
+        }
+    }
+
+    fn write_access_logs(&self, duration: std::time::Duration) {
+        let flags = self.flags.to_string();
+        let route_name = self
+            .route
+            .map(|(v, r)| self.cm.routes.virtual_hosts[v].routes[r].name.as_str())
+            .unwrap_or("");
+        let entry = Entry {
+            start_time: self.start_time,
+            protocol: self.protocol,
+            response_code: self.status,
+            response_code_details: self.details,
+            response_flags: &flags,
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent,
+            duration,
+            upstream_host: self.upstream.as_ref().map(|(_, h)| h.address),
+            upstream_cluster: self.upstream.as_ref().map_or("", |(c, _)| c.name.as_str()),
+            route_name,
+            downstream_remote: self.downstream.remote,
+            downstream_local: self.downstream.local,
+            upstream_transport_failure_reason: self
+                .transport_failure_reason
+                .as_deref()
+                .unwrap_or(""),
+        };
+        for (log, captured) in self.cm.access_logs.iter().zip(&self.captured) {
+            log.log(&entry, captured);
+        }
+    }
+}
