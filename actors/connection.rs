@@ -1,16 +1,22 @@
 //! One actor per downstream connection: the lifecycle shell around the connection's codec task.
 //! The task does the I/O; the actor takes `Drain` and fails alone (its state's `Drop` aborts the
 //! task, closing only this connection).
+//!
+//! Connection actors are monitored by the ListenerManager, not linked to it: a manager that fails
+//! and restarts must not take every open connection (and its in-flight requests) down with it.
+//! Each actor records itself in the server's [`ConnectionRegistry`] for as long as it lives, so a
+//! restarted manager finds the connections it is to drain.
 
 use super::messages::ConnectionMsg;
 use super::supervision::AbortOnDrop;
 use crate::http::connection_manager::{self, Downstream};
 use crate::listener::Listener;
 use crate::server::ServerContext;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -26,6 +32,40 @@ pub struct ConnectionArgs {
 pub struct ConnectionState {
     drain: Option<oneshot::Sender<()>>,
     _task: AbortOnDrop,
+    _registered: Registered,
+}
+
+/// Every live connection actor with its downstream peer. Shared by all ListenerManager
+/// incarnations: it outlives a manager restart, as the connections do.
+#[derive(Default)]
+pub struct ConnectionRegistry {
+    connections: Mutex<HashMap<ActorId, (SocketAddr, ActorRef<ConnectionMsg>)>>,
+}
+
+impl ConnectionRegistry {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ActorId, (SocketAddr, ActorRef<ConnectionMsg>)>> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live connections: (downstream peer, actor).
+    pub fn all(&self) -> Vec<(SocketAddr, ActorRef<ConnectionMsg>)> {
+        self.lock().values().cloned().collect()
+    }
+}
+
+/// Keeps the actor in the registry for exactly as long as its state lives (stopped, failed or
+/// killed alike).
+struct Registered {
+    ctx: Arc<ServerContext>,
+    id: ActorId,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.ctx.connections.lock().remove(&self.id);
+    }
 }
 
 /// Keeps `listener.<prefix>.downstream_cx_active` and the server's connection count true however
@@ -68,6 +108,14 @@ impl Actor for ConnectionActor {
             remote: args.peer,
             local,
         };
+        args.ctx
+            .connections
+            .lock()
+            .insert(myself.get_id(), (args.peer, myself.clone()));
+        let registered = Registered {
+            ctx: args.ctx.clone(),
+            id: myself.get_id(),
+        };
         let open = Open::new(args.listener.clone(), args.ctx);
         let cm = args.listener.cm.clone();
         let stream = args.stream;
@@ -79,6 +127,7 @@ impl Actor for ConnectionActor {
         Ok(ConnectionState {
             drain: Some(tx),
             _task: AbortOnDrop(task),
+            _registered: registered,
         })
     }
 

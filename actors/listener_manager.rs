@@ -1,5 +1,9 @@
 //! The ListenerManager: runs an accept loop per listener, starts a Connection actor per accepted
 //! connection, and drains listeners on request (stop accepting, then `Drain` to each connection).
+//!
+//! Connection actors are monitored, not linked: ractor stops an actor's children when it dies, and
+//! a manager failure must cost no open connection. A restarted manager adopts the connections in
+//! the server's registry; a clean stop (shutdown) stops them.
 
 use super::connection::{ConnectionActor, ConnectionArgs};
 use super::messages::{ConnectionMsg, ListenerManagerMsg};
@@ -7,9 +11,7 @@ use super::supervision::AbortOnDrop;
 use crate::listener::{Listener, ListenerState};
 use crate::server::ServerContext;
 use metrics::Counter;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, SupervisionEvent};
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +20,6 @@ pub struct ListenerManager;
 pub struct ListenerManagerState {
     ctx: Arc<ServerContext>,
     accept_loops: Vec<AbortOnDrop>,
-    connections: HashMap<ActorId, (SocketAddr, ActorRef<ConnectionMsg>)>,
     connection_failures: Counter,
 }
 
@@ -33,6 +34,10 @@ impl Actor for ListenerManager {
         ctx: Arc<ServerContext>,
     ) -> Result<ListenerManagerState, ActorProcessingErr> {
         let stats = &ctx.stats;
+        // Adopt the connections a failed predecessor left running.
+        for (_, connection) in ctx.connections.all() {
+            myself.get_cell().monitor(connection.get_cell());
+        }
         let mut accept_loops = Vec::new();
         for listener in &ctx.listeners {
             // A restarted manager resumes only the listeners that were not draining.
@@ -63,18 +68,28 @@ impl Actor for ListenerManager {
             connection_failures: stats.counter("supervisor.connection.failures"),
             ctx,
             accept_loops,
-            connections: HashMap::new(),
         })
     }
 
     async fn post_stop(
         &self,
         myself: ActorRef<ListenerManagerMsg>,
-        _state: &mut ListenerManagerState,
+        state: &mut ListenerManagerState,
     ) -> Result<(), ActorProcessingErr> {
-        myself
-            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
-            .await;
+        // A clean stop is the server shutting down: the connections go with it (all at once,
+        // then one bounded wait, as `stop_children_and_wait` does for linked children).
+        state.accept_loops.clear();
+        let connections = state.ctx.connections.all();
+        for (_, connection) in &connections {
+            myself.get_cell().unmonitor(connection.get_cell());
+            connection.stop(Some("shutdown".into()));
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            for (_, connection) in &connections {
+                let _ = connection.wait(None).await;
+            }
+        })
+        .await;
         Ok(())
     }
 
@@ -85,18 +100,6 @@ impl Actor for ListenerManager {
         state: &mut ListenerManagerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ListenerManagerMsg::ConnectionOpened { peer, connection } => {
-                // The termination event may have overtaken this message (supervision events are
-                // processed first); a finished connection must not be remembered.
-                if !matches!(
-                    connection.get_status(),
-                    ActorStatus::Stopping | ActorStatus::Stopped
-                ) {
-                    state
-                        .connections
-                        .insert(connection.get_id(), (peer, connection));
-                }
-            }
             ListenerManagerMsg::Drain => {
                 for l in &state.ctx.listeners {
                     l.stop_listening();
@@ -109,13 +112,13 @@ impl Actor for ListenerManager {
                 stats
                     .gauge("listener_manager.total_listeners_draining")
                     .set(state.ctx.listeners.len() as f64);
-                for (_, conn) in state.connections.values() {
+                for (_, conn) in state.ctx.connections.all() {
                     let _ = conn.cast(ConnectionMsg::Drain);
                 }
             }
             ListenerManagerMsg::InjectConnectionFault { peer } => {
-                for (p, conn) in state.connections.values() {
-                    if *p == peer {
+                for (p, conn) in state.ctx.connections.all() {
+                    if p == peer {
                         let _ = conn.cast(ConnectionMsg::InjectFault);
                     }
                 }
@@ -133,17 +136,11 @@ impl Actor for ListenerManager {
         evt: SupervisionEvent,
         state: &mut ListenerManagerState,
     ) -> Result<(), ActorProcessingErr> {
-        match evt {
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                state.connections.remove(&cell.get_id());
-            }
-            SupervisionEvent::ActorFailed(cell, err) => {
-                // Not restarted: the socket went with the actor. Only this connection is lost.
-                tracing::warn!(actor = ?cell.get_id(), error = %err, "connection actor failed");
-                state.connection_failures.increment(1);
-                state.connections.remove(&cell.get_id());
-            }
-            _ => {}
+        // Only connection actors are monitored; they remove themselves from the registry.
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            // Not restarted: the socket went with the actor. Only this connection is lost.
+            tracing::warn!(actor = ?cell.get_id(), error = %err, "connection actor failed");
+            state.connection_failures.increment(1);
         }
         Ok(())
     }
@@ -173,10 +170,8 @@ async fn accept_loop(
             stream,
             peer,
         };
-        match Actor::spawn_linked(None, ConnectionActor, args, manager.get_cell()).await {
-            Ok((connection, _)) => {
-                let _ = manager.cast(ListenerManagerMsg::ConnectionOpened { peer, connection });
-            }
+        match Actor::spawn(None, ConnectionActor, args).await {
+            Ok((connection, _)) => manager.get_cell().monitor(connection.get_cell()),
             Err(e) => tracing::warn!(error = %e, "cannot start connection actor"),
         }
     }

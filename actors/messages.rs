@@ -2,8 +2,6 @@
 
 use std::net::SocketAddr;
 
-use ractor::ActorRef;
-
 /// To the RootSupervisor.
 #[derive(Debug)]
 pub enum RootMsg {
@@ -18,11 +16,6 @@ pub enum RootMsg {
 /// To the ListenerManager.
 #[derive(Debug)]
 pub enum ListenerManagerMsg {
-    /// A connection actor was started by an accept loop.
-    ConnectionOpened {
-        peer: SocketAddr,
-        connection: ActorRef<ConnectionMsg>,
-    },
     /// Stop accepting on every listener and drain their connections.
     Drain,
     /// Test hook: make the connection whose peer is `peer` fail.

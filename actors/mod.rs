@@ -6,14 +6,15 @@
 //! ├── ClusterManager   membership, DNS refresh → publishes each cluster's HostSet
 //! │   └── EndpointPool (one per host)   idle eviction, close on removal
 //! ├── ListenerManager  accept loops, listener states, drain
-//! │   └── Connection (one per downstream connection)   runs the connection's codec task
+//! │   └┈┈ Connection (one per downstream connection)   runs the connection's codec task
 //! └── Admin            the admin HTTP API
 //! ```
 //!
 //! Supervision is one-for-one: a failed child is restarted alone, within a restart budget
 //! ([`supervision::RestartBudget`]); past the budget the failure escalates to the parent.
 //! Connections are not restarted (their socket is gone): a failed connection actor closes only its
-//! own connection and is counted.
+//! own connection and is counted. They are monitored (┈┈), not linked, by the ListenerManager, so
+//! that a manager restart leaves open connections and their in-flight requests alone.
 
 pub mod admin;
 pub mod cluster_manager;

@@ -120,6 +120,13 @@ fn serve(cli: Cli, config: bootstrap::Config) -> anyhow::Result<ExitCode> {
     };
     let drain_time = Duration::from_secs(cli.drain_time_s);
     runtime.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Handlers first: from the moment a listener is bound, clients (and orchestrators) may
+        // act, and a SIGTERM must drain rather than kill.
+        let mut sigterm =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut sigint =
+            signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
         let mut server = Server::start(config, options).await?;
         for l in &server.context().listeners {
             tracing::info!(listener = %l.name, address = %l.address, "listening");
@@ -127,11 +134,9 @@ fn serve(cli: Cli, config: bootstrap::Config) -> anyhow::Result<ExitCode> {
         if let Some(a) = server.admin_address() {
             tracing::info!(address = %a, "admin listening");
         }
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot install the SIGTERM handler")?;
         let tree_failed = tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: draining"); false }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: draining"); false }
+            _ = sigint.recv() => { tracing::info!("SIGINT: draining"); false }
             failed = server.wait() => failed,
         };
         if tree_failed {

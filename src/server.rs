@@ -2,6 +2,7 @@
 //! connection managers, start the actor tree. [`Server`] is the handle the binary and the tests
 //! hold.
 
+use crate::actors::connection::ConnectionRegistry;
 use crate::actors::messages::RootMsg;
 use crate::actors::root::RootSupervisor;
 use crate::bootstrap::Config;
@@ -74,6 +75,8 @@ pub struct ServerContext {
     state: AtomicU8,
     /// Downstream connections open on all listeners (admin excluded).
     pub active_connections: AtomicUsize,
+    /// The actor of every open downstream connection; outlives ListenerManager restarts.
+    pub connections: ConnectionRegistry,
     shutdown: Notify,
     shutdown_requested: std::sync::atomic::AtomicBool,
 }
@@ -176,6 +179,7 @@ impl Server {
             started_at: SystemTime::now(),
             state: AtomicU8::new(State::Initializing as u8),
             active_connections: AtomicUsize::new(0),
+            connections: ConnectionRegistry::default(),
             shutdown: Notify::new(),
             shutdown_requested: Default::default(),
         });

@@ -62,9 +62,10 @@ pub async fn handle<B>(ctx: &Arc<ServerContext>, req: Request<B>) -> AdminRespon
         );
     };
     if needs_post && req.method() != Method::POST {
+        // Envoy answers 405 (since 1.11; 400 before) with this text.
         return text(
-            StatusCode::BAD_REQUEST,
-            "This endpoint requires POST\n".into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("Method {} not allowed, POST required.", req.method()),
         );
     }
     match path {

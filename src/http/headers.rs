@@ -43,13 +43,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Append the peer to `x-forwarded-for` (`a, b, peer`).
+/// Append the peer to `x-forwarded-for`, joined with a bare `,` as Envoy does (`a, b,peer`).
 pub fn append_xff(headers: &mut HeaderMap, peer: std::net::IpAddr) {
     let mut buf = String::new();
     use std::fmt::Write;
     match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(existing) if !existing.is_empty() => {
-            let _ = write!(buf, "{existing}, {peer}");
+            let _ = write!(buf, "{existing},{peer}");
         }
         _ => {
             let _ = write!(buf, "{peer}");
@@ -118,7 +118,7 @@ mod tests {
         let mut h = HeaderMap::new();
         append_xff(&mut h, "10.0.0.1".parse().unwrap());
         append_xff(&mut h, "127.0.0.1".parse().unwrap());
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1,127.0.0.1");
     }
 
     #[test]

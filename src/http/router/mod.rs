@@ -116,10 +116,19 @@ impl<C> RouteTable<C> {
 
     /// Virtual host, then the first route in it that matches `path` (`:path`, query included).
     pub fn route(&self, host: &str, path: &str) -> Option<&Route<C>> {
-        self.virtual_host(host)?
+        self.find(host, path)
+            .map(|(v, r)| &self.virtual_hosts[v].routes[r])
+    }
+
+    /// As [`RouteTable::route`], as (virtual host, route) indexes: a request remembers its route
+    /// for the access log without holding a borrow or copying a name.
+    pub fn find(&self, host: &str, path: &str) -> Option<(usize, usize)> {
+        let vi = self.index.find(host)?;
+        let ri = self.virtual_hosts[vi]
             .routes
             .iter()
-            .find(|r| r.matches(path))
+            .position(|r| r.matches(path))?;
+        Some((vi, ri))
     }
 }
 
