@@ -64,6 +64,7 @@ fn cluster_pick(c: &mut Criterion) {
             connect_timeout: Duration::from_secs(1),
             dns_refresh_rate: Duration::from_secs(5),
             dns_lookup_family: DnsLookupFamily::Auto,
+            protocol: legate::bootstrap::UpstreamProtocol::Http1,
             endpoints: vec![],
         },
         &stats,

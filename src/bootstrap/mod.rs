@@ -15,8 +15,8 @@ pub mod validate;
 
 pub use load::{load, ConfigSource};
 pub use validate::{
-    AccessLogConfig, AccessLogSink, ClusterConfig, ClusterType, Config, DnsLookupFamily,
-    EndpointConfig, HcmConfig, ListenerConfig,
+    AccessLogConfig, AccessLogSink, ClusterConfig, ClusterType, CodecType, Config, DnsLookupFamily,
+    EndpointConfig, HcmConfig, Http2Settings, ListenerConfig, UpstreamProtocol,
 };
 
 use std::fmt;

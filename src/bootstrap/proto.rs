@@ -17,6 +17,10 @@ pub const STDOUT_LOG_TYPE: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 pub const STDERR_LOG_TYPE: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+pub const UPSTREAM_HTTP_OPTIONS_NAME: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+pub const UPSTREAM_HTTP_OPTIONS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 pub const FILE_LOG_TYPE: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
 
@@ -122,6 +126,90 @@ pub struct HttpConnectionManager {
     pub generate_request_id: Option<bool>,
     #[serde(default)]
     pub server_name: Option<String>,
+    #[serde(default)]
+    pub http2_protocol_options: Option<Http2ProtocolOptions>,
+    #[serde(default)]
+    pub common_http_protocol_options: Option<CommonHttpProtocolOptions>,
+    #[serde(default)]
+    pub max_request_headers_kb: Option<u32>,
+    #[serde(default)]
+    pub upgrade_configs: Vec<UpgradeConfig>,
+}
+
+/// `config.core.v3.Http2ProtocolOptions`, the fields legate implements.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2ProtocolOptions {
+    #[serde(default)]
+    pub hpack_table_size: Option<u32>,
+    #[serde(default)]
+    pub max_concurrent_streams: Option<u32>,
+    #[serde(default)]
+    pub initial_stream_window_size: Option<u32>,
+    #[serde(default)]
+    pub initial_connection_window_size: Option<u32>,
+    #[serde(default)]
+    pub connection_keepalive: Option<KeepaliveSettings>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepaliveSettings {
+    #[serde(default)]
+    pub interval: Option<ProtoDuration>,
+    #[serde(default)]
+    pub timeout: Option<ProtoDuration>,
+}
+
+/// `config.core.v3.Http1ProtocolOptions`: accepted empty (HTTP/1.1 defaults).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http1ProtocolOptions {}
+
+/// `config.core.v3.HttpProtocolOptions`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonHttpProtocolOptions {
+    #[serde(default)]
+    pub max_headers_count: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeConfig {
+    pub upgrade_type: String,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamHttpProtocolOptions {
+    #[serde(default)]
+    pub explicit_http_config: Option<ExplicitHttpConfig>,
+    #[serde(default)]
+    pub use_downstream_protocol_config: Option<UseDownstreamHttpConfig>,
+    #[serde(default)]
+    pub common_http_protocol_options: Option<CommonHttpProtocolOptions>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplicitHttpConfig {
+    #[serde(default)]
+    pub http_protocol_options: Option<Http1ProtocolOptions>,
+    #[serde(default)]
+    pub http2_protocol_options: Option<Http2ProtocolOptions>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UseDownstreamHttpConfig {
+    #[serde(default)]
+    pub http_protocol_options: Option<Http1ProtocolOptions>,
+    #[serde(default)]
+    pub http2_protocol_options: Option<Http2ProtocolOptions>,
 }
 
 /// `envoy.extensions.filters.http.router.v3.Router`: none of its options are supported yet, so
@@ -245,6 +333,11 @@ pub struct Cluster {
     pub dns_refresh_rate: Option<ProtoDuration>,
     #[serde(default)]
     pub dns_lookup_family: Option<String>,
+    /// Deprecated in Envoy (use `typed_extension_protocol_options`), still common.
+    #[serde(default)]
+    pub http2_protocol_options: Option<Http2ProtocolOptions>,
+    #[serde(default)]
+    pub typed_extension_protocol_options: std::collections::BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]

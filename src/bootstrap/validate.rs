@@ -32,9 +32,56 @@ pub struct ListenerConfig {
     pub hcm: Arc<HcmConfig>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecType {
+    /// HTTP/1.1, or HTTP/2 when the connection starts with the HTTP/2 preface (h2c prior
+    /// knowledge); with TLS, ALPN will decide.
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// HTTP/2 settings for one side of a connection, with Envoy's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Settings {
+    pub hpack_table_size: u32,
+    pub max_concurrent_streams: u32,
+    pub initial_stream_window_size: u32,
+    pub initial_connection_window_size: u32,
+    /// PING every `interval`, close when no ACK within `timeout`.
+    pub keepalive: Option<(Duration, Duration)>,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings {
+            hpack_table_size: 4096,
+            max_concurrent_streams: 1024,
+            initial_stream_window_size: 16 * 1024 * 1024,
+            initial_connection_window_size: 24 * 1024 * 1024,
+            keepalive: None,
+        }
+    }
+}
+
+/// The protocol a cluster speaks to its hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2(Http2Settings),
+    /// The downstream request's protocol (`use_downstream_protocol_config`).
+    UseDownstream(Http2Settings),
+}
+
 #[derive(Debug, Clone)]
 pub struct HcmConfig {
     pub stat_prefix: String,
+    pub codec: CodecType,
+    pub http2: Http2Settings,
+    pub max_request_headers_kb: u32,
+    pub max_headers_count: u32,
+    /// `upgrade_configs` names `websocket`.
+    pub websocket: bool,
     pub routes: RouteTable<String>,
     pub access_logs: Vec<AccessLogConfig>,
     pub use_remote_address: bool,
@@ -79,6 +126,7 @@ pub struct ClusterConfig {
     pub dns_refresh_rate: Duration,
     pub dns_lookup_family: DnsLookupFamily,
     pub endpoints: Vec<EndpointConfig>,
+    pub protocol: UpstreamProtocol,
 }
 
 /// An endpoint as configured: an IP address for STATIC clusters, a name to resolve for
@@ -330,10 +378,48 @@ fn http_connection_manager(
     clusters: &HashSet<String>,
     errs: &mut Errors,
 ) -> Option<HcmConfig> {
-    match h.codec_type.as_deref() {
-        None | Some("AUTO") | Some("HTTP1") => {}
-        // HTTP/2 arrives with its own issue; until then AUTO serves HTTP/1.1 only.
-        Some(other) => errs.unsupported(format!("{path}.codec_type"), other),
+    let codec = match h.codec_type.as_deref() {
+        None | Some("AUTO") => CodecType::Auto,
+        Some("HTTP1") => CodecType::Http1,
+        Some("HTTP2") => CodecType::Http2,
+        Some(other) => {
+            errs.unsupported(format!("{path}.codec_type"), other);
+            CodecType::Auto
+        }
+    };
+    let http2 = http2_settings(
+        h.http2_protocol_options.as_ref(),
+        &format!("{path}.http2_protocol_options"),
+        errs,
+    );
+    let max_request_headers_kb = h.max_request_headers_kb.unwrap_or(60);
+    if !(1..=8192).contains(&max_request_headers_kb) {
+        errs.add(
+            format!("{path}.max_request_headers_kb"),
+            "must be in [1, 8192]",
+        );
+    }
+    let max_headers_count = h
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|c| c.max_headers_count)
+        .unwrap_or(100);
+    if max_headers_count == 0 {
+        errs.add(
+            format!("{path}.common_http_protocol_options.max_headers_count"),
+            "must be at least 1",
+        );
+    }
+    let mut websocket = false;
+    for (i, u) in h.upgrade_configs.iter().enumerate() {
+        if u.upgrade_type.eq_ignore_ascii_case("websocket") {
+            websocket = u.enabled.unwrap_or(true);
+        } else {
+            errs.unsupported(
+                format!("{path}.upgrade_configs[{i}].upgrade_type"),
+                &u.upgrade_type,
+            );
+        }
     }
 
     // HTTP filters: the router is required and must be last; no other filter exists yet.
@@ -392,6 +478,11 @@ fn http_connection_manager(
 
     Some(HcmConfig {
         stat_prefix: h.stat_prefix,
+        codec,
+        http2,
+        max_request_headers_kb,
+        max_headers_count,
+        websocket,
         routes: routes?,
         access_logs,
         use_remote_address: h.use_remote_address.unwrap_or(false),
@@ -399,6 +490,122 @@ fn http_connection_manager(
         generate_request_id: h.generate_request_id.unwrap_or(true),
         server_name: h.server_name.unwrap_or_else(|| "legate".to_string()),
     })
+}
+
+/// Envoy's HTTP/2 options with its defaults and ranges (protocol.proto).
+fn http2_settings(
+    o: Option<&Http2ProtocolOptions>,
+    path: &str,
+    errs: &mut Errors,
+) -> Http2Settings {
+    let mut s = Http2Settings::default();
+    let Some(o) = o else { return s };
+    if let Some(v) = o.hpack_table_size {
+        s.hpack_table_size = v;
+    }
+    if let Some(v) = o.max_concurrent_streams {
+        if !(1..=i32::MAX as u32).contains(&v) {
+            errs.add(
+                format!("{path}.max_concurrent_streams"),
+                "must be in [1, 2147483647]",
+            );
+        }
+        s.max_concurrent_streams = v;
+    }
+    for (field, value, target) in [
+        (
+            "initial_stream_window_size",
+            o.initial_stream_window_size,
+            &mut s.initial_stream_window_size,
+        ),
+        (
+            "initial_connection_window_size",
+            o.initial_connection_window_size,
+            &mut s.initial_connection_window_size,
+        ),
+    ] {
+        if let Some(v) = value {
+            if !(65535..=i32::MAX as u32).contains(&v) {
+                errs.add(format!("{path}.{field}"), "must be in [65535, 2147483647]");
+            }
+            *target = v;
+        }
+    }
+    if let Some(k) = &o.connection_keepalive {
+        match (k.interval, k.timeout) {
+            (Some(i), Some(t)) if !i.0.is_zero() && !t.0.is_zero() => {
+                s.keepalive = Some((i.0, t.0))
+            }
+            _ => errs.add(
+                format!("{path}.connection_keepalive"),
+                "interval and timeout are both required and must be greater than 0s",
+            ),
+        }
+    }
+    s
+}
+
+/// The cluster's upstream protocol: `typed_extension_protocol_options` (v3) or the deprecated
+/// `http2_protocol_options`.
+fn upstream_protocol(c: &mut proto::Cluster, path: &str, errs: &mut Errors) -> UpstreamProtocol {
+    let mut protocol = UpstreamProtocol::Http1;
+    if let Some(o) = &c.http2_protocol_options {
+        protocol = UpstreamProtocol::Http2(http2_settings(
+            Some(o),
+            &format!("{path}.http2_protocol_options"),
+            errs,
+        ));
+    }
+    for (key, value) in std::mem::take(&mut c.typed_extension_protocol_options) {
+        let kpath = format!("{path}.typed_extension_protocol_options[\"{key}\"]");
+        if key != UPSTREAM_HTTP_OPTIONS_NAME {
+            errs.add(kpath, format!("unsupported protocol options '{key}'"));
+            continue;
+        }
+        match value.get("@type").and_then(Value::as_str) {
+            Some(UPSTREAM_HTTP_OPTIONS_TYPE) => {}
+            Some(other) => {
+                errs.add(
+                    format!("{kpath}.@type"),
+                    format!("unsupported type '{other}'"),
+                );
+                continue;
+            }
+            None => {
+                errs.add(format!("{kpath}.@type"), "missing @type");
+                continue;
+            }
+        }
+        let Some(opts) = errs.typed::<UpstreamHttpProtocolOptions>(Some(value), &kpath) else {
+            continue;
+        };
+        match (opts.explicit_http_config, opts.use_downstream_protocol_config) {
+            (Some(e), None) => match (e.http_protocol_options, e.http2_protocol_options) {
+                (Some(_), None) => protocol = UpstreamProtocol::Http1,
+                (None, Some(h2)) => {
+                    protocol = UpstreamProtocol::Http2(http2_settings(
+                        Some(&h2),
+                        &format!("{kpath}.explicit_http_config.http2_protocol_options"),
+                        errs,
+                    ))
+                }
+                _ => errs.add(
+                    format!("{kpath}.explicit_http_config"),
+                    "set exactly one of http_protocol_options, http2_protocol_options",
+                ),
+            },
+            (None, Some(d)) => {
+                protocol = UpstreamProtocol::UseDownstream(http2_settings(
+                    d.http2_protocol_options.as_ref(),
+                    &format!("{kpath}.use_downstream_protocol_config.http2_protocol_options"),
+                    errs,
+                ))
+            }
+            (None, None) => errs.add(kpath, "set one of explicit_http_config, use_downstream_protocol_config (auto_config is not supported)"),
+            (Some(_), Some(_)) => errs.add(kpath, "explicit_http_config and use_downstream_protocol_config are mutually exclusive"),
+        }
+    }
+    protocol
 }
 
 fn access_log(a: TypedExtension, path: &str, errs: &mut Errors) -> Option<AccessLogConfig> {
@@ -642,7 +849,8 @@ fn route(
     })
 }
 
-fn cluster(c: proto::Cluster, path: &str, errs: &mut Errors) -> Option<ClusterConfig> {
+fn cluster(mut c: proto::Cluster, path: &str, errs: &mut Errors) -> Option<ClusterConfig> {
+    let protocol = upstream_protocol(&mut c, path, errs);
     let cluster_type = match c.type_.as_deref() {
         None | Some("STATIC") => ClusterType::Static,
         Some("STRICT_DNS") => ClusterType::StrictDns,
@@ -724,5 +932,6 @@ fn cluster(c: proto::Cluster, path: &str, errs: &mut Errors) -> Option<ClusterCo
         dns_refresh_rate,
         dns_lookup_family,
         endpoints,
+        protocol,
     })
 }

@@ -1,16 +1,27 @@
-//! The connection pool of one upstream host (HTTP/1.1).
+//! The connection pool of one upstream host: idle HTTP/1.1 connections, and HTTP/2 connections
+//! multiplexing streams.
 //!
-//! Idle connections wait in a lock-free queue. A request takes one with a pop and gives it back
-//! when its response body ends; only when none is idle does it dial, and it dials in its own task
-//! (linkerd's balancer does the same: state lives with the owner, I/O runs in the caller's task),
-//! so no request waits on an actor. The EndpointPool actor owns the pool's lifecycle: it evicts
-//! connections idle past `idle_timeout` and closes the pool when its host leaves the cluster.
+//! HTTP/1.1: idle connections wait in a lock-free queue; a request pops one and gives it back when
+//! its response body ends. HTTP/2: ready connections are published behind an `ArcSwap`; a request
+//! takes a stream slot on the first connection with room (one atomic compare-and-swap) and gives it
+//! back when its response ends. Only when no connection has room does a request dial, in its own
+//! task (linkerd's balancer does the same: state lives with the owner, I/O runs in the caller's
+//! task), so no request ever waits on an actor. For HTTP/2 the dial is serialised per host, so a
+//! burst opens connections one at a time and each new one is filled before the next is opened.
+//!
+//! The EndpointPool actor owns the pool's lifecycle: it evicts connections idle past
+//! `idle_timeout`, drops closed HTTP/2 connections, and closes the pool when its host leaves the
+//! cluster.
 
 use super::{Cluster, Host, HostStats};
+use crate::bootstrap::{Http2Settings, UpstreamProtocol};
 use crate::http::body::RequestBody;
+use arc_swap::ArcSwap;
 use crossbeam_queue::SegQueue;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,12 +33,18 @@ pub type Sender = http1::SendRequest<RequestBody>;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Idle connections kept per host beyond this are closed; Envoy's default max_connections.
 const MAX_IDLE: usize = 1024;
+/// Envoy's default `max_response_headers_kb` (60 KiB); hyper's HTTP/2 client default is 16 KiB.
+const MAX_RESPONSE_HEADER_LIST: u32 = 60 * 1024;
 
 pub struct EndpointPool {
     address: SocketAddr,
     connect_timeout: Duration,
+    protocol: UpstreamProtocol,
     idle: SegQueue<Idle>,
     idle_len: AtomicUsize,
+    h2: ArcSwap<Vec<Arc<H2Conn>>>,
+    /// Serialises HTTP/2 dials: waiters re-check for room once the dial before them finishes.
+    h2_dial: tokio::sync::Mutex<()>,
     closed: AtomicBool,
 }
 
@@ -36,11 +53,82 @@ struct Idle {
     since: Instant,
 }
 
-/// A connection checked out for one request.
+/// One HTTP/2 connection and how many of its streams are in use.
+pub struct H2Conn {
+    sender: http2::SendRequest<RequestBody>,
+    active: AtomicUsize,
+    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS, copied by the connection task each time it
+    /// runs (hyper exposes it only on the connection future).
+    peer_max_streams: Arc<AtomicUsize>,
+    /// The configured `max_concurrent_streams`; the peer's SETTINGS may lower it.
+    max_streams: usize,
+}
+
+impl H2Conn {
+    fn try_acquire(self: &Arc<Self>) -> Option<H2Stream> {
+        if self.sender.is_closed() {
+            return None;
+        }
+        let limit = self
+            .max_streams
+            .min(self.peer_max_streams.load(Ordering::Relaxed));
+        let mut cur = self.active.load(Ordering::Relaxed);
+        loop {
+            if cur >= limit {
+                return None;
+            }
+            // Relaxed: the counter guards no other memory; it only bounds concurrency.
+            match self.active.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(H2Stream { conn: self.clone() }),
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+/// A stream slot on an HTTP/2 connection, released when dropped (the response has ended).
+pub struct H2Stream {
+    conn: Arc<H2Conn>,
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.conn.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection (HTTP/1.1) or a stream slot (HTTP/2) checked out for one request.
+pub enum Upstream {
+    H1(Sender),
+    H2(H2Stream),
+}
+
 pub struct PooledConn {
-    pub sender: Sender,
+    pub upstream: Upstream,
     /// True when the connection served an earlier request (a stale one may fail to send).
     pub reused: bool,
+}
+
+impl PooledConn {
+    pub fn is_http2(&self) -> bool {
+        matches!(self.upstream, Upstream::H2(_))
+    }
+
+    /// Send the request; on failure the request comes back if it never left.
+    pub async fn send(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+        match &mut self.upstream {
+            Upstream::H1(s) => s.try_send_request(req).await,
+            Upstream::H2(s) => s.conn.sender.clone().try_send_request(req).await,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +142,15 @@ pub enum ConnectError {
 }
 
 impl EndpointPool {
-    pub fn new(address: SocketAddr, connect_timeout: Duration) -> Self {
+    pub fn new(address: SocketAddr, connect_timeout: Duration, protocol: UpstreamProtocol) -> Self {
         EndpointPool {
             address,
             connect_timeout,
+            protocol,
             idle: SegQueue::new(),
             idle_len: AtomicUsize::new(0),
+            h2: ArcSwap::from_pointee(Vec::new()),
+            h2_dial: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
         }
     }
@@ -68,8 +159,30 @@ impl EndpointPool {
         self.idle_len.load(Ordering::Relaxed)
     }
 
-    /// An idle connection if one is usable, otherwise a new one.
+    /// HTTP/2 connections currently published (admin and tests).
+    pub fn http2_connections(&self) -> usize {
+        self.h2.load().len()
+    }
+
+    /// A connection for a request whose downstream spoke HTTP/2 (`downstream_h2`), following the
+    /// cluster's protocol choice.
     pub async fn checkout(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+        downstream_h2: bool,
+    ) -> Result<PooledConn, ConnectError> {
+        match self.protocol {
+            UpstreamProtocol::Http1 => self.checkout_h1(cluster, host).await,
+            UpstreamProtocol::Http2(s) => self.checkout_h2(cluster, host, s).await,
+            UpstreamProtocol::UseDownstream(s) if downstream_h2 => {
+                self.checkout_h2(cluster, host, s).await
+            }
+            UpstreamProtocol::UseDownstream(_) => self.checkout_h1(cluster, host).await,
+        }
+    }
+
+    async fn checkout_h1(
         &self,
         cluster: &Cluster,
         host: &Host,
@@ -84,15 +197,62 @@ impl EndpointPool {
             // flipped it back to idle yet, so wait for readiness (normally already there).
             if sender.ready().await.is_ok() {
                 return Ok(PooledConn {
-                    sender,
+                    upstream: Upstream::H1(sender),
                     reused: true,
                 });
             }
         }
-        self.connect(cluster, host).await
+        self.connect_h1(cluster, host).await
     }
 
-    /// Give a connection back after its response finished cleanly.
+    fn try_h2(&self) -> Option<H2Stream> {
+        self.h2.load().iter().find_map(|c| c.try_acquire())
+    }
+
+    async fn checkout_h2(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+        settings: Http2Settings,
+    ) -> Result<PooledConn, ConnectError> {
+        if let Some(s) = self.try_h2() {
+            return Ok(PooledConn {
+                upstream: Upstream::H2(s),
+                reused: true,
+            });
+        }
+        let _dialing = self.h2_dial.lock().await;
+        // Whoever held the lock before us may have opened a connection with room.
+        if let Some(s) = self.try_h2() {
+            return Ok(PooledConn {
+                upstream: Upstream::H2(s),
+                reused: true,
+            });
+        }
+        let conn = self.connect_h2(cluster, host, settings).await?;
+        let stream = conn.try_acquire();
+        self.h2.rcu(|conns| {
+            let mut next: Vec<Arc<H2Conn>> = conns
+                .iter()
+                .filter(|c| !c.sender.is_closed())
+                .cloned()
+                .collect();
+            next.push(conn.clone());
+            next
+        });
+        match stream {
+            Some(s) => Ok(PooledConn {
+                upstream: Upstream::H2(s),
+                reused: false,
+            }),
+            // The peer allows no stream at all (SETTINGS_MAX_CONCURRENT_STREAMS 0).
+            None => Err(ConnectError::Io(std::io::Error::other(
+                "upstream allows no streams",
+            ))),
+        }
+    }
+
+    /// Give an HTTP/1.1 connection back after its response finished cleanly.
     pub fn checkin(&self, sender: Sender) {
         // Acquire pairs with the Release in `close`: once closed, no connection is queued again.
         if self.closed.load(Ordering::Acquire) || sender.is_closed() {
@@ -108,7 +268,8 @@ impl EndpointPool {
         });
     }
 
-    /// Close connections idle for longer than `max_idle` (the EndpointPool actor's sweep).
+    /// Close HTTP/1.1 connections idle for longer than `max_idle`, forget closed HTTP/2 ones
+    /// (the EndpointPool actor's sweep).
     pub fn evict_idle(&self, max_idle: Duration) -> usize {
         let mut evicted = 0;
         for _ in 0..self.idle_len.load(Ordering::Relaxed) {
@@ -121,6 +282,15 @@ impl EndpointPool {
                 self.idle.push(idle);
             }
         }
+        if self.h2.load().iter().any(|c| c.sender.is_closed()) {
+            self.h2.rcu(|conns| {
+                conns
+                    .iter()
+                    .filter(|c| !c.sender.is_closed())
+                    .cloned()
+                    .collect::<Vec<_>>()
+            });
+        }
         evicted
     }
 
@@ -130,19 +300,19 @@ impl EndpointPool {
         while self.idle.pop().is_some() {
             self.idle_len.fetch_sub(1, Ordering::Relaxed);
         }
+        self.h2.store(Arc::new(Vec::new()));
     }
 
-    async fn connect(&self, cluster: &Cluster, host: &Host) -> Result<PooledConn, ConnectError> {
+    async fn dial(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+    ) -> Result<tokio::net::TcpStream, ConnectError> {
         let stats = &cluster.stats;
         stats.upstream_cx_total.increment(1);
-        stats.upstream_cx_http1_total.increment(1);
         host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect(self.address),
-        )
-        .await
-        {
+        let connect = tokio::net::TcpStream::connect(self.address);
+        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 stats.upstream_cx_connect_fail.increment(1);
@@ -158,26 +328,104 @@ impl EndpointPool {
         };
         // Requests are small writes; Nagle would hold them back waiting for an ACK.
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    fn active_guard(cluster: &Cluster, host: &Host) -> ConnActive {
+        cluster.stats.upstream_cx_active.increment(1.0);
+        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+        ConnActive {
+            cx_active: cluster.stats.upstream_cx_active.clone(),
+            cx_destroy: cluster.stats.upstream_cx_destroy.clone(),
+            host: host.stats.clone(),
+        }
+    }
+
+    async fn connect_h1(&self, cluster: &Cluster, host: &Host) -> Result<PooledConn, ConnectError> {
+        let stream = self.dial(cluster, host).await?;
+        cluster.stats.upstream_cx_http1_total.increment(1);
         let (sender, conn) = http1::Builder::new()
             .handshake::<_, RequestBody>(TokioIo::new(stream))
             .await?;
-        stats.upstream_cx_active.increment(1.0);
-        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
-        let active = ConnActive {
-            cx_active: stats.upstream_cx_active.clone(),
-            cx_destroy: stats.upstream_cx_destroy.clone(),
-            host: host.stats.clone(),
-        };
+        let active = Self::active_guard(cluster, host);
         // The connection's own task drives its I/O; it ends when the peer closes or the last
-        // sender is dropped.
+        // sender is dropped. Upgrades (WebSocket) hand the socket over to a tunnel.
         tokio::spawn(async move {
             let _active = active;
-            let _ = conn.await;
+            let _ = conn.with_upgrades().await;
         });
         Ok(PooledConn {
-            sender,
+            upstream: Upstream::H1(sender),
             reused: false,
         })
+    }
+
+    async fn connect_h2(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+        s: Http2Settings,
+    ) -> Result<Arc<H2Conn>, ConnectError> {
+        let stream = self.dial(cluster, host).await?;
+        cluster.stats.upstream_cx_http2_total.increment(1);
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(s.initial_stream_window_size)
+            .initial_connection_window_size(s.initial_connection_window_size)
+            .header_table_size(s.hpack_table_size)
+            .max_header_list_size(MAX_RESPONSE_HEADER_LIST)
+            // Until the peer's SETTINGS arrive, assume no more than we would use anyway.
+            .initial_max_send_streams((s.max_concurrent_streams as usize).min(100));
+        if let Some((interval, timeout)) = s.keepalive {
+            builder
+                .keep_alive_interval(interval)
+                .keep_alive_timeout(timeout)
+                .keep_alive_while_idle(true);
+        }
+        let (sender, conn) = builder
+            .handshake::<_, RequestBody>(TokioIo::new(stream))
+            .await?;
+        let active = Self::active_guard(cluster, host);
+        let peer_max_streams = Arc::new(AtomicUsize::new(conn.current_max_send_streams()));
+        let watched = WatchMaxStreams {
+            conn: Box::pin(conn),
+            max: peer_max_streams.clone(),
+        };
+        tokio::spawn(async move {
+            let _active = active;
+            let _ = watched.await;
+        });
+        Ok(Arc::new(H2Conn {
+            sender,
+            active: AtomicUsize::new(0),
+            peer_max_streams,
+            max_streams: s.max_concurrent_streams as usize,
+        }))
+    }
+}
+
+type H2Connection = http2::Connection<TokioIo<tokio::net::TcpStream>, RequestBody, TokioExecutor>;
+
+/// Drives an HTTP/2 connection and publishes the peer's stream limit after every poll, which is
+/// when a SETTINGS frame can have changed it.
+struct WatchMaxStreams {
+    conn: std::pin::Pin<Box<H2Connection>>,
+    max: Arc<AtomicUsize>,
+}
+
+impl std::future::Future for WatchMaxStreams {
+    type Output = hyper::Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        let out = this.conn.as_mut().poll(cx);
+        this.max
+            .store(this.conn.current_max_send_streams(), Ordering::Relaxed);
+        out
     }
 }
 

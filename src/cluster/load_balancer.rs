@@ -99,7 +99,11 @@ mod tests {
             hostname: String::new(),
             weight,
             stats: Arc::new(HostStats::default()),
-            pool: EndpointPool::new(address, Duration::from_secs(1)),
+            pool: EndpointPool::new(
+                address,
+                Duration::from_secs(1),
+                crate::bootstrap::UpstreamProtocol::Http1,
+            ),
         })
     }
 

@@ -2,7 +2,7 @@
 //! they arrive, so backpressure is hyper's own (a slow reader stops the upstream read).
 
 use super::stream_info::StreamInfo;
-use crate::cluster::endpoint_pool::Sender;
+use crate::cluster::endpoint_pool::Upstream;
 use crate::cluster::Host;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -74,8 +74,9 @@ impl Body for RequestBody {
 pub struct ResponseBody {
     kind: Kind,
     stream: Option<Box<StreamInfo>>,
-    /// The upstream connection, returned to the pool once the response is complete.
-    conn: Option<(Sender, Arc<Host>)>,
+    /// The upstream connection (HTTP/1.1, returned to the pool once the response is complete)
+    /// or stream slot (HTTP/2, released when the response ends either way).
+    conn: Option<(Upstream, Arc<Host>)>,
     done: bool,
 }
 
@@ -88,7 +89,7 @@ impl ResponseBody {
     pub fn upstream(
         body: Incoming,
         stream: Box<StreamInfo>,
-        conn: Sender,
+        conn: Upstream,
         host: Arc<Host>,
     ) -> Self {
         ResponseBody {
@@ -110,8 +111,8 @@ impl ResponseBody {
 
     fn finish(&mut self) {
         let complete = self.done || self.is_end_stream();
-        if let Some((sender, host)) = self.conn.take() {
-            if complete {
+        if let Some((upstream, host)) = self.conn.take() {
+            if let (Upstream::H1(sender), true) = (upstream, complete) {
                 host.pool.checkin(sender);
             }
         }

@@ -2,11 +2,12 @@
 //! connection and takes each request through routing to a local reply or the router filter.
 
 use super::body::ResponseBody;
+use super::grpc;
 use super::headers::{self, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_PROTO, X_REQUEST_ID};
 use super::local_reply::LocalReply;
 use super::router::{self, Action, RouteTable};
 use super::stream_info::StreamInfo;
-use crate::bootstrap::HcmConfig;
+use crate::bootstrap::{CodecType, HcmConfig, Http2Settings};
 use crate::cluster::Cluster;
 use crate::observe::access_log::{AccessLogger, Captured, RequestParts};
 use crate::observe::stats::StatusCounters;
@@ -15,12 +16,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// One connection manager per listener filter chain, shared by all its connections.
@@ -33,6 +36,11 @@ pub struct ConnectionManager {
     skip_xff_append: bool,
     generate_request_id: bool,
     server_name: HeaderValue,
+    codec: CodecType,
+    http2: Http2Settings,
+    max_request_headers_kb: u32,
+    max_headers_count: u32,
+    websocket: bool,
 }
 
 /// The two ends of a downstream connection.
@@ -48,10 +56,15 @@ pub struct HcmStats {
     pub downstream_cx_active: Gauge,
     pub downstream_cx_http1_total: Counter,
     pub downstream_cx_http1_active: Gauge,
+    pub downstream_cx_http2_total: Counter,
+    pub downstream_cx_http2_active: Gauge,
+    pub downstream_cx_upgrades_total: Counter,
+    pub downstream_cx_upgrades_active: Gauge,
     pub downstream_cx_destroy: Counter,
     pub downstream_cx_drain_close: Counter,
     pub downstream_rq_total: Counter,
     pub downstream_rq_http1_total: Counter,
+    pub downstream_rq_http2_total: Counter,
     pub downstream_rq_active: Gauge,
     pub downstream_rq_completed: Counter,
     pub downstream_rq: StatusCounters,
@@ -71,10 +84,15 @@ impl HcmStats {
             downstream_cx_active: g("downstream_cx_active"),
             downstream_cx_http1_total: c("downstream_cx_http1_total"),
             downstream_cx_http1_active: g("downstream_cx_http1_active"),
+            downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_cx_http2_active: g("downstream_cx_http2_active"),
+            downstream_cx_upgrades_total: c("downstream_cx_upgrades_total"),
+            downstream_cx_upgrades_active: g("downstream_cx_upgrades_active"),
             downstream_cx_destroy: c("downstream_cx_destroy"),
             downstream_cx_drain_close: c("downstream_cx_drain_close"),
             downstream_rq_total: c("downstream_rq_total"),
             downstream_rq_http1_total: c("downstream_rq_http1_total"),
+            downstream_rq_http2_total: c("downstream_rq_http2_total"),
             downstream_rq_active: g("downstream_rq_active"),
             downstream_rq_completed: c("downstream_rq_completed"),
             downstream_rq: StatusCounters::new(stats, &format!("{p}downstream_rq_")),
@@ -115,6 +133,11 @@ impl ConnectionManager {
             generate_request_id: config.generate_request_id,
             server_name: HeaderValue::from_str(&config.server_name)
                 .unwrap_or_else(|_| HeaderValue::from_static("legate")),
+            codec: config.codec,
+            http2: config.http2,
+            max_request_headers_kb: config.max_request_headers_kb,
+            max_headers_count: config.max_headers_count,
+            websocket: config.websocket,
         })
     }
 
@@ -122,23 +145,42 @@ impl ConnectionManager {
     /// returned body.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         ds: Downstream,
     ) -> Response<ResponseBody> {
         let stats = &self.stats;
         stats.downstream_rq_total.increment(1);
-        stats.downstream_rq_http1_total.increment(1);
+        if req.version() == Version::HTTP_2 {
+            stats.downstream_rq_http2_total.increment(1);
+        } else {
+            stats.downstream_rq_http1_total.increment(1);
+        }
         stats.downstream_rq_active.increment(1.0);
 
+        // A WebSocket upgrade keeps its Upgrade/Connection headers for the upstream and takes the
+        // downstream connection over once the upstream answers 101.
+        let upgrade = if self.websocket && is_websocket_upgrade(&req) {
+            let value = req.headers().get(header::UPGRADE).cloned();
+            Some((hyper::upgrade::on(&mut req), value))
+        } else {
+            None
+        };
         let (mut parts, body) = req.into_parts();
-        let mut info = Box::new(StreamInfo::new(
-            self.clone(),
-            ds,
-            protocol_name(parts.version),
-        ));
+        let version = parts.version;
+        let grpc = grpc::is_grpc(&parts.headers);
+        let mut info = Box::new(StreamInfo::new(self.clone(), ds, protocol_name(version)));
         self.edit_request_headers(&mut parts.headers, &ds);
+        let on_upgrade = upgrade.map(|(on, value)| {
+            if let Some(v) = value {
+                parts.headers.insert(header::UPGRADE, v);
+            }
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            on
+        });
 
-        // Routing uses Host, or the authority of an absolute-form target.
+        // Routing uses Host, or the authority of an absolute-form (HTTP/1) or HTTP/2 target.
         let authority: &str = match parts
             .headers
             .get(header::HOST)
@@ -166,18 +208,9 @@ impl ConnectionManager {
                 .collect();
         }
 
-        let found = self.routes.virtual_host(authority).and_then(|vh| {
-            let vi = self
-                .routes
-                .virtual_hosts
-                .iter()
-                .position(|v| std::ptr::eq(v, vh))?;
-            let ri = vh.routes.iter().position(|r| r.matches(path))?;
-            Some((vi, ri))
-        });
-        let Some((vi, ri)) = found else {
+        let Some((vi, ri)) = self.routes.find(authority, path) else {
             stats.no_route.increment(1);
-            return self.local_reply(info, LocalReply::NoRoute);
+            return self.local_reply(info, LocalReply::NoRoute, version, grpc, false);
         };
         info.route = Some((vi, ri));
         let route = &self.routes.virtual_hosts[vi].routes[ri];
@@ -186,13 +219,36 @@ impl ConnectionManager {
             Action::DirectResponse { status, body } => {
                 stats.rq_direct_response.increment(1);
                 info.details = "direct_response";
-                self.respond(info, *status, body.clone())
+                self.respond(info, *status, body.clone(), version)
             }
             Action::Forward(fwd) => {
-                match router::forward::forward(&mut info, &route.path_match, fwd, parts, body).await
+                // gRPC clients state their deadline; the tighter of it and the route timeout wins.
+                let grpc_deadline = if grpc {
+                    grpc::timeout(&parts.headers)
+                } else {
+                    None
+                };
+                let timeout = match grpc_deadline {
+                    Some(d) if fwd.timeout.is_zero() || d < fwd.timeout => Some(d),
+                    _ => None,
+                };
+                match router::forward::forward(
+                    &mut info,
+                    &route.path_match,
+                    fwd,
+                    parts,
+                    body,
+                    timeout,
+                )
+                .await
                 {
-                    Ok((resp, sender, host)) => self.upstream_response(info, resp, sender, host),
-                    Err(reply) => self.local_reply(info, reply),
+                    Ok((resp, upstream, host)) => {
+                        self.upstream_response(info, resp, upstream, host, version, on_upgrade)
+                    }
+                    Err(reply) => {
+                        let deadline = timeout.is_some() && reply == LocalReply::UpstreamTimeout;
+                        self.local_reply(info, reply, version, grpc, deadline)
+                    }
                 }
             }
         }
@@ -224,12 +280,22 @@ impl ConnectionManager {
     fn upstream_response(
         &self,
         mut info: Box<StreamInfo>,
-        resp: Response<Incoming>,
-        sender: crate::cluster::endpoint_pool::Sender,
+        mut resp: Response<Incoming>,
+        upstream: crate::cluster::endpoint_pool::Upstream,
         host: Arc<crate::cluster::Host>,
+        version: Version,
+        on_upgrade: Option<OnUpgrade>,
     ) -> Response<ResponseBody> {
+        let tunnel = match on_upgrade {
+            Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                Some((down, hyper::upgrade::on(&mut resp)))
+            }
+            _ => None,
+        };
         let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
+        if tunnel.is_none() {
+            headers::strip_hop_by_hop(&mut parts.headers);
+        }
         if let Some(t) = info.upstream_start {
             let ms = t.elapsed().as_millis() as u64;
             parts
@@ -239,20 +305,69 @@ impl ConnectionManager {
         parts
             .headers
             .insert(header::SERVER, self.server_name.clone());
+        parts.version = version;
         info.status = parts.status.as_u16();
         info.details = "via_upstream";
         self.capture_response(&mut info, &parts.headers);
-        Response::from_parts(parts, ResponseBody::upstream(body, info, sender, host))
+        match tunnel {
+            // The upstream connection now belongs to the tunnel; it never returns to the pool.
+            Some((down, up)) => {
+                drop(upstream);
+                self.spawn_tunnel(down, up);
+                Response::from_parts(parts, ResponseBody::full(Bytes::new(), Some(info)))
+            }
+            None => Response::from_parts(parts, ResponseBody::upstream(body, info, upstream, host)),
+        }
     }
 
-    fn local_reply(&self, mut info: Box<StreamInfo>, reply: LocalReply) -> Response<ResponseBody> {
+    /// Splice an upgraded (WebSocket) connection to its upstream until either side closes.
+    fn spawn_tunnel(&self, down: OnUpgrade, up: OnUpgrade) {
+        let total = self.stats.downstream_cx_upgrades_total.clone();
+        let active = self.stats.downstream_cx_upgrades_active.clone();
+        tokio::spawn(async move {
+            let (Ok(down), Ok(up)) = tokio::join!(down, up) else {
+                return;
+            };
+            total.increment(1);
+            active.increment(1.0);
+            let _ =
+                tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
+            active.decrement(1.0);
+        });
+    }
+
+    fn local_reply(
+        &self,
+        mut info: Box<StreamInfo>,
+        reply: LocalReply,
+        version: Version,
+        grpc: bool,
+        grpc_deadline: bool,
+    ) -> Response<ResponseBody> {
         info.flags.set(reply.flag());
         info.details = reply.details();
         let reason = reply.transport_failure_reason();
         if !reason.is_empty() {
             info.transport_failure_reason = Some(reason.into());
         }
-        self.respond(info, reply.status(), reply.body())
+        if !grpc {
+            return self.respond(info, reply.status(), reply.body(), version);
+        }
+        // gRPC clients read the outcome from grpc-status, so the reply is trailers-only.
+        let status = if grpc_deadline {
+            grpc::DEADLINE_EXCEEDED
+        } else {
+            grpc::status_for_http(reply.status())
+        };
+        let mut resp = Response::new(ResponseBody::full(Bytes::new(), None));
+        *resp.version_mut() = version;
+        let h = resp.headers_mut();
+        grpc::trailers_only(h, status, &String::from_utf8_lossy(&reply.body()));
+        h.insert(header::SERVER, self.server_name.clone());
+        info.status = 200;
+        self.capture_response(&mut info, resp.headers());
+        *resp.body_mut() = ResponseBody::full(Bytes::new(), Some(info));
+        resp
     }
 
     fn respond(
@@ -260,10 +375,12 @@ impl ConnectionManager {
         mut info: Box<StreamInfo>,
         status: u16,
         body: Bytes,
+        version: Version,
     ) -> Response<ResponseBody> {
         let mut resp = Response::new(ResponseBody::full(Bytes::new(), None));
         *resp.status_mut() =
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        *resp.version_mut() = version;
         let h = resp.headers_mut();
         if !body.is_empty() {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -293,30 +410,88 @@ fn protocol_name(v: Version) -> &'static str {
     }
 }
 
-/// Counts the connection in `http.<prefix>.downstream_cx_*` for as long as it lives.
-struct ConnectionStats<'a>(&'a HcmStats);
+/// `Connection: upgrade` + `Upgrade: websocket` on an HTTP/1.1 request (RFC 6455 §4.1).
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    if req.version() != Version::HTTP_11 {
+        return false;
+    }
+    let has = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
 
-impl<'a> ConnectionStats<'a> {
-    fn open(s: &'a HcmStats) -> Self {
-        s.downstream_cx_total.increment(1);
-        s.downstream_cx_http1_total.increment(1);
-        s.downstream_cx_active.increment(1.0);
-        s.downstream_cx_http1_active.increment(1.0);
-        ConnectionStats(s)
+const PROTO_UNKNOWN: u8 = 0;
+const PROTO_HTTP1: u8 = 1;
+const PROTO_HTTP2: u8 = 2;
+
+/// Counts the connection in `http.<prefix>.downstream_cx_*` for as long as it lives. With
+/// `codec_type: AUTO` the protocol is known at the first request, so the per-protocol counters
+/// are taken then.
+struct ConnectionStats {
+    cm: Arc<ConnectionManager>,
+    proto: AtomicU8,
+}
+
+impl ConnectionStats {
+    fn open(cm: Arc<ConnectionManager>) -> Self {
+        cm.stats.downstream_cx_total.increment(1);
+        cm.stats.downstream_cx_active.increment(1.0);
+        ConnectionStats {
+            cm,
+            proto: AtomicU8::new(PROTO_UNKNOWN),
+        }
+    }
+
+    fn saw(&self, version: Version) {
+        if self.proto.load(Ordering::Relaxed) != PROTO_UNKNOWN {
+            return;
+        }
+        let (p, total, active) = if version == Version::HTTP_2 {
+            (
+                PROTO_HTTP2,
+                &self.cm.stats.downstream_cx_http2_total,
+                &self.cm.stats.downstream_cx_http2_active,
+            )
+        } else {
+            (
+                PROTO_HTTP1,
+                &self.cm.stats.downstream_cx_http1_total,
+                &self.cm.stats.downstream_cx_http1_active,
+            )
+        };
+        // Only the first request of the connection records the protocol.
+        if self
+            .proto
+            .compare_exchange(PROTO_UNKNOWN, p, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            total.increment(1);
+            active.increment(1.0);
+        }
     }
 }
 
-impl Drop for ConnectionStats<'_> {
+impl Drop for ConnectionStats {
     fn drop(&mut self) {
-        self.0.downstream_cx_active.decrement(1.0);
-        self.0.downstream_cx_http1_active.decrement(1.0);
-        self.0.downstream_cx_destroy.increment(1);
+        let s = &self.cm.stats;
+        s.downstream_cx_active.decrement(1.0);
+        s.downstream_cx_destroy.increment(1);
+        match self.proto.load(Ordering::Relaxed) {
+            PROTO_HTTP1 => s.downstream_cx_http1_active.decrement(1.0),
+            PROTO_HTTP2 => s.downstream_cx_http2_active.decrement(1.0),
+            _ => {}
+        }
     }
 }
 
-/// Serve one downstream connection until it closes. When `drain` fires, in-flight requests finish
-/// and the connection closes (HTTP/1.1: `Connection: close` on the response in flight, idle
-/// connections at once).
+/// Serve one downstream connection until it closes, with the codec the connection manager is
+/// configured for. When `drain` fires, in-flight requests finish and the connection closes
+/// (HTTP/1.1: `Connection: close` on the response in flight, idle connections at once; HTTP/2:
+/// GOAWAY, then close when the open streams are done).
 pub async fn serve<I>(
     cm: Arc<ConnectionManager>,
     io: I,
@@ -325,16 +500,38 @@ pub async fn serve<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let _stats = ConnectionStats::open(&cm.stats);
+    let conn_stats = Arc::new(ConnectionStats::open(cm.clone()));
     let svc_cm = cm.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |req: Request<Incoming>| {
+        conn_stats.saw(req.version());
         let cm = svc_cm.clone();
         async move { Ok::<_, Infallible>(cm.handle(req, ds).await) }
     });
-    let conn = http1::Builder::new()
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    match cm.codec {
+        CodecType::Http1 => builder = builder.http1_only(),
+        CodecType::Http2 => builder = builder.http2_only(),
+        CodecType::Auto => {}
+    }
+    builder
+        .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .serve_connection(TokioIo::new(io), svc);
+        .max_headers(cm.max_headers_count as usize)
+        // hyper answers 431 when a request head outgrows its read buffer.
+        .max_buf_size((cm.max_request_headers_kb as usize * 1024).max(8192));
+    let h2 = cm.http2;
+    let mut h2b = builder.http2();
+    h2b.timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .initial_stream_window_size(h2.initial_stream_window_size)
+        .initial_connection_window_size(h2.initial_connection_window_size)
+        .max_header_list_size(cm.max_request_headers_kb * 1024);
+    if let Some((interval, timeout)) = h2.keepalive {
+        h2b.keep_alive_interval(interval)
+            .keep_alive_timeout(timeout);
+    }
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::pin!(drain);
     tokio::select! {

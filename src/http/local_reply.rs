@@ -18,6 +18,8 @@ pub enum LocalReply {
     UpstreamTimeout,
     /// The upstream sent a response hyper could not parse.
     UpstreamProtocolError,
+    /// The upstream reset the stream (HTTP/2 RST_STREAM) before response headers.
+    RemoteReset,
 }
 
 impl LocalReply {
@@ -26,7 +28,8 @@ impl LocalReply {
             LocalReply::NoRoute => 404,
             LocalReply::NoHealthyUpstream
             | LocalReply::ConnectFailure(_)
-            | LocalReply::ConnectionTermination => 503,
+            | LocalReply::ConnectionTermination
+            | LocalReply::RemoteReset => 503,
             LocalReply::UpstreamTimeout => 504,
             LocalReply::UpstreamProtocolError => 502,
         }
@@ -40,6 +43,7 @@ impl LocalReply {
             LocalReply::ConnectionTermination => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
             LocalReply::UpstreamTimeout => ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
             LocalReply::UpstreamProtocolError => ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+            LocalReply::RemoteReset => ResponseFlags::UPSTREAM_REMOTE_RESET,
         }
     }
 
@@ -55,6 +59,7 @@ impl LocalReply {
                 "upstream_reset_before_response_started{connection_termination}"
             }
             LocalReply::UpstreamTimeout => "upstream_response_timeout",
+            LocalReply::RemoteReset => "upstream_reset_before_response_started{remote_reset}",
             LocalReply::UpstreamProtocolError => {
                 "upstream_reset_before_response_started{protocol_error}"
             }
@@ -83,6 +88,9 @@ impl LocalReply {
             LocalReply::UpstreamTimeout => Bytes::from_static(b"upstream request timeout"),
             LocalReply::UpstreamProtocolError => Bytes::from_static(
                 b"upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+            ),
+            LocalReply::RemoteReset => Bytes::from_static(
+                b"upstream connect error or disconnect/reset before headers. reset reason: remote reset",
             ),
         }
     }

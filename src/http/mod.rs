@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod connection_manager;
+pub mod grpc;
 pub mod headers;
 pub mod local_reply;
 pub mod response_flags;

@@ -2,7 +2,7 @@
 //! headers within the route timeout. Failures come back as [`LocalReply`]s.
 
 use super::{Forward, PathMatch};
-use crate::cluster::endpoint_pool::Sender;
+use crate::cluster::endpoint_pool::Upstream;
 use crate::cluster::{Cluster, Host};
 use crate::http::body::RequestBody;
 use crate::http::headers::X_ENVOY_ORIGINAL_PATH;
@@ -17,17 +17,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// A pooled connection that turns out to be closed is replaced by a fresh one this many times
-/// before the request fails. Such a request was never sent, so trying again is always safe.
-const STALE_CONNECTION_ATTEMPTS: usize = 3;
-
 pub async fn forward(
     info: &mut StreamInfo,
     path_match: &PathMatch,
     fwd: &Forward<Arc<Cluster>>,
     mut parts: Parts,
     body: Incoming,
-) -> Result<(Response<Incoming>, Sender, Arc<Host>), LocalReply> {
+    timeout_override: Option<std::time::Duration>,
+) -> Result<(Response<Incoming>, Upstream, Arc<Host>), LocalReply> {
     let cluster = &fwd.cluster;
     let Some(host) = cluster.pick() else {
         cluster.stats.upstream_cx_none_healthy.increment(1);
@@ -39,15 +36,16 @@ pub async fn forward(
     host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
     info.upstream = Some((cluster.clone(), host.clone()));
 
+    let downstream_h2 = parts.version == Version::HTTP_2;
     rewrite_target(&mut parts, path_match, fwd);
-    parts.version = Version::HTTP_11;
-    let req = Request::from_parts(parts, RequestBody::new(body, info.bytes_received.clone()));
+    let body = RequestBody::new(body, info.bytes_received.clone());
 
-    let send = send(cluster, &host, req, info);
-    let result = if fwd.timeout.is_zero() {
+    let send = send(cluster, &host, parts, body, downstream_h2, info);
+    let timeout = timeout_override.unwrap_or(fwd.timeout);
+    let result = if timeout.is_zero() {
         send.await
     } else {
-        match tokio::time::timeout(fwd.timeout, send).await {
+        match tokio::time::timeout(timeout, send).await {
             Ok(r) => r,
             Err(_) => {
                 cluster.stats.upstream_rq_timeout.increment(1);
@@ -56,40 +54,148 @@ pub async fn forward(
             }
         }
     };
-    result.map(|(resp, sender)| (resp, sender, host))
+    result.map(|(resp, upstream)| (resp, upstream, host))
+}
+
+/// What is needed to send a bodiless request again: an HTTP/2 stream the upstream refused
+/// (REFUSED_STREAM, or above the last stream id of a GOAWAY) was never processed, so it is
+/// safe to retry; with a body it would need buffering, which legate does not do yet.
+struct RetryHead {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
 }
 
 async fn send(
     cluster: &Cluster,
     host: &Host,
-    mut req: Request<RequestBody>,
+    parts: Parts,
+    body: RequestBody,
+    downstream_h2: bool,
     info: &mut StreamInfo,
-) -> Result<(Response<Incoming>, Sender), LocalReply> {
-    for _ in 0..STALE_CONNECTION_ATTEMPTS {
+) -> Result<(Response<Incoming>, Upstream), LocalReply> {
+    let may_use_h2 = !matches!(
+        cluster.config.protocol,
+        crate::bootstrap::UpstreamProtocol::Http1
+    );
+    let retry_head = (may_use_h2 && http_body::Body::is_end_stream(&body)).then(|| RetryHead {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+    });
+    let mut req = Request::from_parts(parts, body);
+    for attempt in 1..=UPSTREAM_ATTEMPTS {
         let mut conn = host
             .pool
-            .checkout(cluster, host)
+            .checkout(cluster, host, downstream_h2)
             .await
             .map_err(|e| LocalReply::ConnectFailure(e.to_string()))?;
+        adapt_to_upstream(&mut req, conn.is_http2(), host);
         info.upstream_start = Some(Instant::now());
-        match conn.sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, conn.sender)),
-            Err(mut e) => match e.take_message() {
-                // The connection closed before the request went out: only possible for a pooled
-                // connection the upstream closed while idle. Nothing was sent; use a new one.
-                Some(unsent) if conn.reused => req = unsent,
-                _ => {
-                    let err = e.into_error();
-                    if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
-                        return Err(LocalReply::UpstreamProtocolError);
+        let mut err = match conn.send(req).await {
+            Ok(resp) => return Ok((resp, conn.upstream)),
+            Err(e) => e,
+        };
+        let last = attempt == UPSTREAM_ATTEMPTS;
+        req = match err.take_message() {
+            // The connection closed before the request went out (a pooled connection the
+            // upstream closed while idle, or an HTTP/2 connection that just went away). Nothing
+            // was sent; use another connection.
+            Some(unsent) if !last && (conn.reused || conn.is_http2()) => unsent,
+            _ => {
+                let err = err.into_error();
+                match (&retry_head, refused_stream(&err)) {
+                    (Some(head), true) if !last => {
+                        cluster.stats.upstream_rq_retry.increment(1);
+                        let mut r = Request::new(RequestBody::empty());
+                        *r.method_mut() = head.method.clone();
+                        *r.uri_mut() = head.uri.clone();
+                        *r.headers_mut() = head.headers.clone();
+                        r
                     }
-                    cluster.stats.upstream_rq_rx_reset.increment(1);
-                    return Err(LocalReply::ConnectionTermination);
+                    _ => return Err(classify(cluster, &err)),
                 }
-            },
-        }
+            }
+        };
     }
     Err(LocalReply::ConnectionTermination)
+}
+
+/// A connection that turns out closed, or an HTTP/2 stream refused before processing, is
+/// replaced this many times in all before the request fails.
+const UPSTREAM_ATTEMPTS: usize = 3;
+
+/// The HTTP/2 error that says the upstream never processed the stream (RFC 9113 §8.7).
+fn refused_stream(err: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Map a failure before response headers to Envoy's answer.
+fn classify(cluster: &Cluster, err: &hyper::Error) -> LocalReply {
+    if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
+        return LocalReply::UpstreamProtocolError;
+    }
+    cluster.stats.upstream_rq_rx_reset.increment(1);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if h2.is_reset() && h2.is_remote() {
+                return LocalReply::RemoteReset;
+            }
+        }
+        source = e.source();
+    }
+    LocalReply::ConnectionTermination
+}
+
+/// HTTP/1.1 upstreams take origin-form targets and `Host`; HTTP/2 upstreams take `:scheme` and
+/// `:authority` from an absolute URI, and `Host` must not contradict it (RFC 9113 §8.3.1).
+fn adapt_to_upstream(req: &mut Request<RequestBody>, h2: bool, host: &Host) {
+    if h2 {
+        *req.version_mut() = Version::HTTP_2;
+        let authority = req
+            .headers_mut()
+            .remove(header::HOST)
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+            .or_else(|| req.uri().authority().cloned())
+            .or_else(|| http::uri::Authority::try_from(host.address.to_string()).ok());
+        let mut p = req.uri().clone().into_parts();
+        p.scheme = Some(http::uri::Scheme::HTTP);
+        p.authority = authority;
+        if p.path_and_query.is_none() {
+            p.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        if let Ok(uri) = Uri::from_parts(p) {
+            *req.uri_mut() = uri;
+        }
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+        if req.uri().authority().is_some() {
+            if !req.headers().contains_key(header::HOST) {
+                if let Some(a) = req
+                    .uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                {
+                    req.headers_mut().insert(header::HOST, a);
+                }
+            }
+            let pq = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(pq);
+        }
+    }
 }
 
 /// Origin-form target with `prefix_rewrite` applied (recording `x-envoy-original-path`), and
@@ -154,6 +260,7 @@ mod tests {
                 connect_timeout: Duration::from_secs(1),
                 dns_refresh_rate: Duration::from_secs(5),
                 dns_lookup_family: crate::bootstrap::DnsLookupFamily::Auto,
+                protocol: crate::bootstrap::UpstreamProtocol::Http1,
                 endpoints: vec![],
             },
             &crate::observe::Stats::new(),
