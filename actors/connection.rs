@@ -121,7 +121,7 @@ impl Actor for ConnectionActor {
         let stream = args.stream;
         let task = tokio::spawn(async move {
             let _open = open;
-            connection_manager::serve(cm, stream, ds, rx).await;
+            connection_manager::serve(cm, stream, ds, rx, None).await;
             myself.stop(None);
         });
         Ok(ConnectionState {

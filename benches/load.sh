@@ -9,6 +9,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
 UP_PORT=${UP_PORT:-18080}
+UP_H2_PORT=${UP_H2_PORT:-18082}
+LEGATE_H2UP_PORT=${LEGATE_H2UP_PORT:-18002}
 LEGATE_PORT=${LEGATE_PORT:-18000}
 ADMIN_PORT=${ADMIN_PORT:-18001}
 
@@ -21,6 +23,7 @@ need() {
 }
 need wrk wrk
 need nginx nginx
+need h2load nghttp2-client
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 if [ "${SKIP_MICRO:-0}" != 1 ]; then
@@ -58,6 +61,11 @@ http {
     listen 127.0.0.1:$UP_PORT;
     location / { return 200 '$body'; }
   }
+  server {
+    listen 127.0.0.1:$UP_H2_PORT http2;
+    http2_max_concurrent_streams 1024;
+    location / { return 200 '$body'; }
+  }
 }
 NGINX
 "${PIN_SERVER[@]}" "$NGINX" -c "$work/nginx.conf" -p "$work"
@@ -81,6 +89,20 @@ static_resources:
             - name: all
               domains: ["*"]
               routes: [{ match: { prefix: "/" }, route: { cluster: upstream } }]
+  - name: bench_h2_upstream
+    address: { socket_address: { address: 127.0.0.1, port_value: $LEGATE_H2UP_PORT } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench_h2
+          http_filters: [{ name: envoy.filters.http.router }]
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{ match: { prefix: "/" }, route: { cluster: upstream_h2 } }]
   clusters:
   - name: upstream
     load_assignment:
@@ -88,6 +110,16 @@ static_resources:
       endpoints:
       - lb_endpoints:
         - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $UP_PORT } } }
+  - name: upstream_h2
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+    load_assignment:
+      cluster_name: upstream_h2
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $UP_H2_PORT } } }
 YAML
 "${PIN_SERVER[@]}" ./target/release/legate --concurrency 1 -l warning -c "$work/legate.yaml" &
 LEGATE_PID=$!
@@ -116,12 +148,37 @@ run() {
   echo "  round: $name c=$conns  ${rps} req/s  p99 ${p99} ms  cpu/req ${cpu} us" >&2
 }
 
+# run_h2 NAME PORT PID → h2c prior knowledge, 10 connections × 10 streams; appends to $work/h2rows
+run_h2() {
+  local name=$1 port=$2 pid=${3:-}
+  local before=0 after=0
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  local out
+  rm -f "$work/h2.log"
+  out=$("${PIN_LOAD[@]}" h2load -c10 -m10 -D"$DURATION" --log-file="$work/h2.log" "http://127.0.0.1:$port/" 2>&1)
+  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  local rps reqs p99
+  rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
+  reqs=$(wc -l < "$work/h2.log")
+  # log columns: start time (µs since epoch), status, elapsed µs
+  p99=$(awk '{print $3}' "$work/h2.log" | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.3f", a[i]/1000}')
+  local cpu="-"
+  if [ -n "$pid" ] && [ "$reqs" -gt 0 ]; then
+    cpu=$(awk -v t=$((after - before)) -v us="$TICK_US" -v n="$reqs" 'BEGIN {printf "%.1f", t * us / n}')
+  fi
+  echo "$name h2c $rps $p99 $cpu" >> "$work/h2rows"
+  echo "  round: $name h2c -c10 -m10  ${rps} req/s  p99 ${p99} ms  cpu/req ${cpu} us" >&2
+}
+
 for round in $(seq "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
   for c in "$CONNS" 1; do
     run direct "$UP_PORT" "$c"
     run legate "$LEGATE_PORT" "$c" "$LEGATE_PID"
   done
+  run_h2 "direct(nginx h2c)" "$UP_H2_PORT"
+  run_h2 "legate→h1" "$LEGATE_PORT" "$LEGATE_PID"
+  run_h2 "legate→h2c" "$LEGATE_H2UP_PORT" "$LEGATE_PID"
 done
 
 rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$LEGATE_PID/status")
@@ -149,6 +206,18 @@ out="benches/results/$(date +%F).md"
       cpu=$(awk '{print $5}' <<<"$rows" | grep -v '^-$' | median || true)
       echo "| $t | $c | $rps ($rr) | $p99 ($pr) | ${cpu:--} |"
     done
+  done
+  echo
+  echo "HTTP/2 (h2c prior knowledge), h2load -c10 -m10 -D${DURATION}; upstream nginx over HTTP/1.1 (legate→h1) or h2c (legate→h2c):"
+  echo
+  echo "| target | req/s | p99 ms | legate CPU µs/req |"
+  echo "|---|---|---|---|"
+  for t in "direct(nginx h2c)" "legate→h1" "legate→h2c"; do
+    rows=$(awk -v t="$t" '{n=split($0, f, " "); name=f[1]; for (i=2; i<=n-4; i++) name=name " " f[i]; if (name==t) print f[n-2], f[n-1], f[n]}' "$work/h2rows")
+    rps=$(awk '{print $1}' <<<"$rows" | median); rr=$(awk '{print $1}' <<<"$rows" | minmax)
+    p99=$(awk '{print $2}' <<<"$rows" | median); pr=$(awk '{print $2}' <<<"$rows" | minmax)
+    cpu=$(awk '{print $3}' <<<"$rows" | grep -v '^-$' | median || true)
+    echo "| $t | $rps ($rr) | $p99 ($pr) | ${cpu:--} |"
   done
   echo
   echo "legate RSS after the run: $((rss_kb / 1024)) MiB."

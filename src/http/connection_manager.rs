@@ -492,11 +492,15 @@ impl Drop for ConnectionStats {
 /// configured for. When `drain` fires, in-flight requests finish and the connection closes
 /// (HTTP/1.1: `Connection: close` on the response in flight, idle connections at once; HTTP/2:
 /// GOAWAY, then close when the open streams are done).
+///
+/// `alpn` is the protocol TLS negotiated, if any: `h2` or `http/1.1` fixes the codec, as Envoy's
+/// AUTO codec does with ALPN.
 pub async fn serve<I>(
     cm: Arc<ConnectionManager>,
     io: I,
     ds: Downstream,
     drain: tokio::sync::oneshot::Receiver<()>,
+    alpn: Option<&[u8]>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -508,7 +512,12 @@ pub async fn serve<I>(
         async move { Ok::<_, Infallible>(cm.handle(req, ds).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    match cm.codec {
+    let codec = match (cm.codec, alpn) {
+        (CodecType::Auto, Some(b"h2")) => CodecType::Http2,
+        (CodecType::Auto, Some(b"http/1.1")) => CodecType::Http1,
+        (c, _) => c,
+    };
+    match codec {
         CodecType::Http1 => builder = builder.http1_only(),
         CodecType::Http2 => builder = builder.http2_only(),
         CodecType::Auto => {}
