@@ -9,7 +9,7 @@
 
 use super::messages::ConnectionMsg;
 use super::supervision::AbortOnDrop;
-use crate::http::connection_manager::{self, Downstream};
+use crate::http::connection_manager::Downstream;
 use crate::listener::Listener;
 use crate::server::ServerContext;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
@@ -117,11 +117,11 @@ impl Actor for ConnectionActor {
             id: myself.get_id(),
         };
         let open = Open::new(args.listener.clone(), args.ctx);
-        let cm = args.listener.cm.clone();
+        let listener = args.listener.clone();
         let stream = args.stream;
         let task = tokio::spawn(async move {
             let _open = open;
-            connection_manager::serve(cm, stream, ds, rx, None).await;
+            crate::listener::connection::run(listener, stream, ds, rx).await;
             myself.stop(None);
         });
         Ok(ConnectionState {

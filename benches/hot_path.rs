@@ -65,6 +65,7 @@ fn cluster_pick(c: &mut Criterion) {
             dns_refresh_rate: Duration::from_secs(5),
             dns_lookup_family: DnsLookupFamily::Auto,
             protocol: legate::bootstrap::UpstreamProtocol::Http1,
+            tls: None,
             endpoints: vec![],
         },
         &stats,

@@ -11,8 +11,10 @@ pub mod bootstrap;
 pub mod cluster;
 pub mod http;
 pub mod listener;
+pub mod network;
 pub mod observe;
 pub mod server;
+pub mod tls;
 
 #[path = "../actors/mod.rs"]
 pub mod actors;

@@ -7,7 +7,6 @@ use crate::actors::messages::RootMsg;
 use crate::actors::root::RootSupervisor;
 use crate::bootstrap::Config;
 use crate::cluster::Cluster;
-use crate::http::connection_manager::ConnectionManager;
 use crate::listener::{self, Listener};
 use crate::observe::Stats;
 use ractor::{Actor, ActorRef};
@@ -26,7 +25,7 @@ pub enum ServerError {
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot open access log: {0}")]
+    #[error("cannot build a listener: {0}")]
     AccessLog(std::io::Error),
     #[error("cannot start the actor tree: {0}")]
     Spawn(String),
@@ -138,15 +137,8 @@ impl Server {
                 address: l.address,
                 source: e,
             })?;
-            let cm = ConnectionManager::new(&l.hcm, &clusters, &stats)
-                .map_err(ServerError::AccessLog)?;
             let listener =
-                Listener::new(l.name.clone(), socket, &l.stat_prefix, Arc::new(cm), &stats)
-                    .map_err(|e| ServerError::Bind {
-                        what: format!("listener '{}'", l.name),
-                        address: l.address,
-                        source: e,
-                    })?;
+                Listener::new(l, socket, &clusters, &stats).map_err(ServerError::AccessLog)?;
             listeners.push(Arc::new(listener));
         }
 

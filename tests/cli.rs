@@ -88,13 +88,13 @@ async fn unknown_field_names_its_path() {
 async fn unknown_network_filter_type_is_rejected() {
     let yaml = listener_yaml("a", &cluster("a", &[])).replace(
         "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy",
     );
     let out = invalid("filter.yaml", &yaml).await;
     assert!(
         out.stderr.contains(
             "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.@type: \
-             unsupported network filter type 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy'"
+             unsupported network filter type 'type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy'"
         ),
         "{}",
         out.stderr

@@ -22,7 +22,9 @@ fn extract(name: &str, ctx: &ServerContext) -> (String, Vec<(&'static str, Strin
             "envoy_http_conn_manager_prefix",
             ctx.listeners
                 .iter()
-                .map(|l| l.cm.stat_prefix.as_str())
+                .flat_map(|l| l.all_chains())
+                .filter_map(|c| c.http())
+                .map(|cm| cm.stat_prefix.as_str())
                 .collect(),
         ),
         (

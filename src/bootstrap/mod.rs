@@ -9,14 +9,17 @@
 //!   with its field path, so the hot path never sees an `Option` that validation could settle.
 
 pub mod duration;
+mod listener;
 pub mod load;
 pub mod proto;
+mod tls;
 pub mod validate;
 
 pub use load::{load, ConfigSource};
 pub use validate::{
     AccessLogConfig, AccessLogSink, ClusterConfig, ClusterType, CodecType, Config, DnsLookupFamily,
-    EndpointConfig, HcmConfig, Http2Settings, ListenerConfig, UpstreamProtocol,
+    EndpointConfig, FilterChainConfig, HcmConfig, Http2Settings, ListenerConfig, TerminalConfig,
+    UpstreamProtocol,
 };
 
 use std::fmt;

@@ -17,6 +17,15 @@ pub const STDOUT_LOG_TYPE: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 pub const STDERR_LOG_TYPE: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+pub const TLS_INSPECTOR_NAME: &str = "envoy.filters.listener.tls_inspector";
+pub const TLS_INSPECTOR_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+pub const DOWNSTREAM_TLS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+pub const UPSTREAM_TLS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+pub const RAW_BUFFER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 pub const UPSTREAM_HTTP_OPTIONS_NAME: &str =
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 pub const UPSTREAM_HTTP_OPTIONS_TYPE: &str =
@@ -85,6 +94,14 @@ pub struct Listener {
     pub stat_prefix: Option<String>,
     #[serde(default)]
     pub filter_chains: Vec<FilterChain>,
+    #[serde(default)]
+    pub default_filter_chain: Option<FilterChain>,
+    #[serde(default)]
+    pub listener_filters: Vec<TypedExtension>,
+    #[serde(default)]
+    pub listener_filters_timeout: Option<ProtoDuration>,
+    #[serde(default)]
+    pub continue_on_listener_filters_timeout: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,7 +110,124 @@ pub struct FilterChain {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
+    pub filter_chain_match: Option<FilterChainMatch>,
+    #[serde(default)]
     pub filters: Vec<TypedExtension>,
+    #[serde(default)]
+    pub transport_socket: Option<TypedExtension>,
+}
+
+/// `config.listener.v3.FilterChainMatch`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterChainMatch {
+    #[serde(default)]
+    pub destination_port: Option<u32>,
+    #[serde(default)]
+    pub prefix_ranges: Vec<CidrRange>,
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    #[serde(default)]
+    pub transport_protocol: Option<String>,
+    #[serde(default)]
+    pub application_protocols: Vec<String>,
+    #[serde(default)]
+    pub direct_source_prefix_ranges: Vec<CidrRange>,
+    #[serde(default)]
+    pub source_type: Option<String>,
+    #[serde(default)]
+    pub source_prefix_ranges: Vec<CidrRange>,
+    #[serde(default)]
+    pub source_ports: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CidrRange {
+    pub address_prefix: String,
+    #[serde(default)]
+    pub prefix_len: Option<u32>,
+}
+
+/// `extensions.transport_sockets.tls.v3.DownstreamTlsContext`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownstreamTlsContext {
+    #[serde(default)]
+    pub common_tls_context: Option<CommonTlsContext>,
+    #[serde(default)]
+    pub require_client_certificate: Option<bool>,
+}
+
+/// `extensions.transport_sockets.tls.v3.UpstreamTlsContext`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsContext {
+    #[serde(default)]
+    pub common_tls_context: Option<CommonTlsContext>,
+    #[serde(default)]
+    pub sni: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonTlsContext {
+    #[serde(default)]
+    pub tls_params: Option<TlsParameters>,
+    #[serde(default)]
+    pub tls_certificates: Vec<TlsCertificate>,
+    #[serde(default)]
+    pub validation_context: Option<CertificateValidationContext>,
+    #[serde(default)]
+    pub alpn_protocols: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsParameters {
+    #[serde(default)]
+    pub tls_minimum_protocol_version: Option<String>,
+    #[serde(default)]
+    pub tls_maximum_protocol_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    pub certificate_chain: DataSource,
+    pub private_key: DataSource,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateValidationContext {
+    #[serde(default)]
+    pub trusted_ca: Option<DataSource>,
+    #[serde(default)]
+    pub match_typed_subject_alt_names: Vec<SubjectAltNameMatcher>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectAltNameMatcher {
+    pub san_type: String,
+    pub matcher: StringMatcher,
+}
+
+/// `type.matcher.v3.StringMatcher` without `safe_regex`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatcher {
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub suffix: Option<String>,
+    #[serde(default)]
+    pub contains: Option<String>,
+    #[serde(default)]
+    pub ignore_case: Option<bool>,
 }
 
 /// A filter or extension: `name` plus an optional `typed_config` whose `@type` picks the schema.
@@ -338,6 +472,8 @@ pub struct Cluster {
     pub http2_protocol_options: Option<Http2ProtocolOptions>,
     #[serde(default)]
     pub typed_extension_protocol_options: std::collections::BTreeMap<String, Value>,
+    #[serde(default)]
+    pub transport_socket: Option<TypedExtension>,
 }
 
 #[derive(Debug, Deserialize)]

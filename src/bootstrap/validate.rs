@@ -23,14 +23,7 @@ pub struct Config {
     pub clusters: Vec<ClusterConfig>,
 }
 
-#[derive(Debug, Clone)]
-pub struct ListenerConfig {
-    pub name: String,
-    pub address: SocketAddr,
-    /// `listener.<stat_prefix>.`; Envoy defaults it to the address with `:` replaced by `_`.
-    pub stat_prefix: String,
-    pub hcm: Arc<HcmConfig>,
-}
+pub use super::listener::{FilterChainConfig, ListenerConfig, TerminalConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodecType {
@@ -127,6 +120,7 @@ pub struct ClusterConfig {
     pub dns_lookup_family: DnsLookupFamily,
     pub endpoints: Vec<EndpointConfig>,
     pub protocol: UpstreamProtocol,
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// An endpoint as configured: an IP address for STATIC clusters, a name to resolve for
@@ -146,22 +140,22 @@ pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_DIRECT_RESPONSE_BODY: usize = 4096;
 
 #[derive(Default)]
-struct Errors(Vec<FieldError>);
+pub(crate) struct Errors(pub(crate) Vec<FieldError>);
 
 impl Errors {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             path: path.into(),
             message: message.into(),
         });
     }
 
-    fn unsupported(&mut self, path: String, value: &str) {
+    pub(crate) fn unsupported(&mut self, path: String, value: &str) {
         self.add(path, format!("unsupported value '{value}'"));
     }
 
     /// Deserialise a `typed_config` whose `@type` was already checked.
-    fn typed<T: DeserializeOwned + Default>(
+    pub(crate) fn typed<T: DeserializeOwned + Default>(
         &mut self,
         value: Option<Value>,
         path: &str,
@@ -182,7 +176,7 @@ impl Errors {
     }
 }
 
-fn type_url(value: &Option<Value>) -> Option<&str> {
+pub(crate) fn type_url(value: &Option<Value>) -> Option<&str> {
     value.as_ref()?.get("@type")?.as_str()
 }
 
@@ -219,7 +213,7 @@ pub fn validate(b: Bootstrap) -> Result<Config, Vec<FieldError>> {
                 format!("duplicate listener name '{}'", l.name),
             );
         }
-        if let Some(l) = listener(l, &path, &cluster_names, &mut errs) {
+        if let Some(l) = super::listener::listener(l, &path, &cluster_names, &mut errs) {
             listeners.push(l);
         }
     }
@@ -236,7 +230,7 @@ pub fn validate(b: Bootstrap) -> Result<Config, Vec<FieldError>> {
     }
 }
 
-fn listen_address(a: &Address, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
+pub(crate) fn listen_address(a: &Address, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
     let sa = &a.socket_address;
     protocol_tcp(sa, path, errs);
     let ip: IpAddr = match sa.address.parse() {
@@ -277,102 +271,12 @@ fn port(sa: &SocketAddress, path: &str, errs: &mut Errors) -> Option<u16> {
     }
 }
 
-fn listener(
-    l: proto::Listener,
-    path: &str,
-    clusters: &HashSet<String>,
-    errs: &mut Errors,
-) -> Option<ListenerConfig> {
-    let address = listen_address(&l.address, &format!("{path}.address"), errs);
-    if l.filter_chains.is_empty() {
-        errs.add(
-            format!("{path}.filter_chains"),
-            "a listener needs at least one filter chain",
-        );
-        return None;
-    }
-    if l.filter_chains.len() > 1 {
-        // Choosing among chains needs filter_chain_match, which legate does not implement yet.
-        errs.add(
-            format!("{path}.filter_chains"),
-            "only one filter chain per listener is supported (filter_chain_match is not implemented)",
-        );
-    }
-    let mut hcm = None;
-    for (ci, chain) in l.filter_chains.into_iter().enumerate() {
-        let cpath = format!("{path}.filter_chains[{ci}]");
-        if chain.filters.is_empty() {
-            errs.add(
-                format!("{cpath}.filters"),
-                "a filter chain needs a terminal filter",
-            );
-        }
-        let count = chain.filters.len();
-        for (fi, f) in chain.filters.into_iter().enumerate() {
-            let fpath = format!("{cpath}.filters[{fi}]");
-            let url = type_url(&f.typed_config).map(str::to_owned);
-            let is_hcm = match url.as_deref() {
-                Some(HCM_TYPE) => true,
-                Some(other) => {
-                    errs.add(
-                        format!("{fpath}.typed_config.@type"),
-                        format!("unsupported network filter type '{other}'"),
-                    );
-                    false
-                }
-                None if f.name == HCM_NAME => true,
-                None => {
-                    errs.add(
-                        format!("{fpath}.name"),
-                        format!("unsupported network filter '{}'", f.name),
-                    );
-                    false
-                }
-            };
-            if !is_hcm {
-                continue;
-            }
-            if fi + 1 != count {
-                errs.add(
-                    fpath.clone(),
-                    "http_connection_manager is a terminal filter and must be last",
-                );
-            }
-            let tpath = format!("{fpath}.typed_config");
-            let Some(cfg) = f.typed_config else {
-                errs.add(
-                    tpath,
-                    "http_connection_manager needs a typed_config (stat_prefix is required)",
-                );
-                continue;
-            };
-            let mut cfg = cfg;
-            if let Value::Object(map) = &mut cfg {
-                map.remove("@type");
-            }
-            match deserialize_at::<HttpConnectionManager>(cfg, &tpath) {
-                Ok(parsed) => hcm = http_connection_manager(parsed, &tpath, clusters, errs),
-                Err(e) => errs.0.push(e),
-            }
-        }
-    }
-    let address = address?;
-    let hcm = hcm?;
-    let stat_prefix = l.stat_prefix.unwrap_or_else(|| address_stat_name(&address));
-    Some(ListenerConfig {
-        name: l.name,
-        address,
-        stat_prefix,
-        hcm: Arc::new(hcm),
-    })
-}
-
 /// Envoy names listener stats after the address: `127.0.0.1_10000`, `[::1]_10000` becomes `::1_10000`.
 pub fn address_stat_name(a: &SocketAddr) -> String {
     format!("{}_{}", a.ip(), a.port())
 }
 
-fn http_connection_manager(
+pub(crate) fn http_connection_manager(
     h: HttpConnectionManager,
     path: &str,
     clusters: &HashSet<String>,
@@ -691,7 +595,7 @@ fn access_log(a: TypedExtension, path: &str, errs: &mut Errors) -> Option<Access
     }
 }
 
-fn data_source(d: &DataSource, path: &str, errs: &mut Errors) -> Option<String> {
+pub(crate) fn data_source(d: &DataSource, path: &str, errs: &mut Errors) -> Option<String> {
     match (&d.inline_string, &d.filename) {
         (Some(s), None) => Some(s.clone()),
         (None, Some(f)) => match std::fs::read_to_string(f) {
@@ -851,6 +755,9 @@ fn route(
 
 fn cluster(mut c: proto::Cluster, path: &str, errs: &mut Errors) -> Option<ClusterConfig> {
     let protocol = upstream_protocol(&mut c, path, errs);
+    let tls = c.transport_socket.take().and_then(|ts| {
+        super::tls::upstream(ts, &format!("{path}.transport_socket"), protocol, errs)
+    });
     let cluster_type = match c.type_.as_deref() {
         None | Some("STATIC") => ClusterType::Static,
         Some("STRICT_DNS") => ClusterType::StrictDns,
@@ -933,5 +840,6 @@ fn cluster(mut c: proto::Cluster, path: &str, errs: &mut Errors) -> Option<Clust
         dns_lookup_family,
         endpoints,
         protocol,
+        tls,
     })
 }

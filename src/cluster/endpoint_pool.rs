@@ -131,15 +131,8 @@ impl PooledConn {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("connect timeout")]
-    Timeout,
-    #[error("delayed connect error: {}", .0.raw_os_error().unwrap_or(0))]
-    Io(#[from] std::io::Error),
-    #[error("handshake error: {0}")]
-    Handshake(#[from] hyper::Error),
-}
+pub use super::transport::ConnectError;
+use super::transport::UpstreamIo;
 
 impl EndpointPool {
     pub fn new(address: SocketAddr, connect_timeout: Duration, protocol: UpstreamProtocol) -> Self {
@@ -303,32 +296,33 @@ impl EndpointPool {
         self.h2.store(Arc::new(Vec::new()));
     }
 
-    async fn dial(
-        &self,
-        cluster: &Cluster,
-        host: &Host,
-    ) -> Result<tokio::net::TcpStream, ConnectError> {
+    async fn dial(&self, cluster: &Cluster, host: &Host) -> Result<UpstreamIo, ConnectError> {
         let stats = &cluster.stats;
         stats.upstream_cx_total.increment(1);
         host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
-        let connect = tokio::net::TcpStream::connect(self.address);
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+        let tls = cluster.config.tls.as_ref();
+        match super::transport::connect(self.address, self.connect_timeout, tls).await {
+            Ok(io) => Ok(io),
+            Err(e) => {
                 stats.upstream_cx_connect_fail.increment(1);
+                if e.is_timeout() {
+                    stats.upstream_cx_connect_timeout.increment(1);
+                }
                 host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-                return Err(e.into());
+                Err(e)
             }
-            Err(_) => {
-                stats.upstream_cx_connect_fail.increment(1);
-                stats.upstream_cx_connect_timeout.increment(1);
-                host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-                return Err(ConnectError::Timeout);
-            }
-        };
-        // Requests are small writes; Nagle would hold them back waiting for an ACK.
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+        }
+    }
+
+    /// A raw connection to the host (TCP proxy), counted as an upstream connection for as long
+    /// as the returned guard lives.
+    pub async fn connect_raw(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+    ) -> Result<(UpstreamIo, impl Send), ConnectError> {
+        let io = self.dial(cluster, host).await?;
+        Ok((io, Self::active_guard(cluster, host)))
     }
 
     fn active_guard(cluster: &Cluster, host: &Host) -> ConnActive {
@@ -405,7 +399,7 @@ impl EndpointPool {
     }
 }
 
-type H2Connection = http2::Connection<TokioIo<tokio::net::TcpStream>, RequestBody, TokioExecutor>;
+type H2Connection = http2::Connection<TokioIo<UpstreamIo>, RequestBody, TokioExecutor>;
 
 /// Drives an HTTP/2 connection and publishes the peer's stream limit after every poll, which is
 /// when a SETTINGS frame can have changed it.

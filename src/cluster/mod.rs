@@ -8,6 +8,7 @@
 pub mod dns;
 pub mod endpoint_pool;
 pub mod load_balancer;
+pub mod transport;
 
 use crate::bootstrap::{ClusterConfig, ClusterType};
 use crate::observe::stats::StatusCounters;

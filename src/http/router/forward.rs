@@ -261,6 +261,7 @@ mod tests {
                 dns_refresh_rate: Duration::from_secs(5),
                 dns_lookup_family: crate::bootstrap::DnsLookupFamily::Auto,
                 protocol: crate::bootstrap::UpstreamProtocol::Http1,
+                tls: None,
                 endpoints: vec![],
             },
             &crate::observe::Stats::new(),

@@ -1,0 +1,102 @@
+//! The life of an accepted connection before and around HTTP: listener filters (TLS inspector),
+//! filter-chain match, network filters, the TLS handshake, then the chain's terminal filter.
+
+use super::tls_inspector::{self, Inspected};
+use super::{filter_chain::ConnMeta, Listener, Terminal};
+use crate::http::connection_manager::{self, Downstream};
+use crate::network::{ConnectionInfo, Verdict};
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+/// Run one downstream connection to its end. `drain` asks it to finish gracefully.
+pub async fn run(
+    listener: Arc<Listener>,
+    stream: TcpStream,
+    ds: Downstream,
+    drain: oneshot::Receiver<()>,
+) {
+    let stats = &listener.stats;
+    let inspected = if listener.tls_inspector {
+        match tls_inspector::inspect(&stream, listener.listener_filters_timeout).await {
+            Ok(i) => i,
+            Err(()) if listener.continue_on_listener_filters_timeout => Inspected::raw(),
+            Err(()) => {
+                stats.downstream_pre_cx_timeout.increment(1);
+                return;
+            }
+        }
+    } else {
+        Inspected::raw()
+    };
+    let meta = ConnMeta {
+        destination: ds.local,
+        source: ds.remote,
+        server_name: inspected.server_name.as_deref(),
+        transport_protocol: inspected.transport_protocol,
+        application_protocols: &inspected.alpn,
+    };
+    let Some(chain) = listener.select_chain(&meta) else {
+        stats.no_filter_chain_match.increment(1);
+        return;
+    };
+
+    let info = ConnectionInfo {
+        remote: ds.remote,
+        local: ds.local,
+        server_name: inspected.server_name.as_deref(),
+    };
+    // Guards some filters hold for the connection's lifetime (e.g. a connection-limit slot).
+    let mut _guards = Vec::new();
+    for f in &chain.filters {
+        match f.on_new_connection(&info) {
+            Verdict::Continue => {}
+            Verdict::ContinueWith(g) => _guards.push(g),
+            Verdict::Close => return,
+        }
+    }
+
+    match &chain.tls {
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+            // A handshake that does not finish in time is closed (same bound as the listener
+            // filters).
+            let tls_stream = match tokio::time::timeout(
+                listener.listener_filters_timeout,
+                acceptor.accept(stream),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    stats.ssl_connection_error.increment(1);
+                    tracing::debug!(error = %e, peer = %ds.remote, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    stats.ssl_connection_error.increment(1);
+                    return;
+                }
+            };
+            stats.ssl_handshake.increment(1);
+            let alpn = tls_stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            terminal(&chain.terminal, tls_stream, ds, drain, alpn.as_deref()).await;
+        }
+        None => terminal(&chain.terminal, stream, ds, drain, None).await,
+    }
+}
+
+async fn terminal<I>(
+    t: &Terminal,
+    io: I,
+    ds: Downstream,
+    drain: oneshot::Receiver<()>,
+    alpn: Option<&[u8]>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match t {
+        Terminal::Http(cm) => connection_manager::serve(cm.clone(), io, ds, drain, alpn).await,
+        Terminal::TcpProxy(p) => p.serve(io).await,
+    }
+}
