@@ -369,8 +369,10 @@ impl EndpointPool {
             .initial_connection_window_size(s.initial_connection_window_size)
             .header_table_size(s.hpack_table_size)
             .max_header_list_size(MAX_RESPONSE_HEADER_LIST)
-            // Until the peer's SETTINGS arrive, assume no more than we would use anyway.
-            .initial_max_send_streams((s.max_concurrent_streams as usize).min(100));
+            // Zero until the peer's SETTINGS arrive: the connection is published only once its
+            // real stream limit is known, so a burst never overruns a small limit (which the
+            // peer would answer with REFUSED_STREAM) nor opens connections it did not need.
+            .initial_max_send_streams(0);
         if let Some((interval, timeout)) = s.keepalive {
             builder
                 .keep_alive_interval(interval)
@@ -381,9 +383,31 @@ impl EndpointPool {
             .handshake::<_, RequestBody>(TokioIo::new(stream))
             .await?;
         let active = Self::active_guard(cluster, host);
+        // hyper drives the HTTP/2 I/O in a task of its own, so the peer's SETTINGS show up in
+        // the stream limit without this task being woken: look every millisecond (they come
+        // right after the peer's preface), within the connect timeout. A peer that allows no
+        // stream (0) is a connect failure.
+        let mut conn = Box::pin(conn);
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        while conn.current_max_send_streams() == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ConnectError::Io(std::io::Error::other(
+                    "no usable SETTINGS from the upstream (MAX_CONCURRENT_STREAMS 0 or missing)",
+                )));
+            }
+            tokio::select! {
+                r = conn.as_mut() => {
+                    return Err(match r {
+                        Err(e) => ConnectError::Handshake(e),
+                        Ok(()) => ConnectError::Io(std::io::Error::other("upstream closed the connection")),
+                    });
+                }
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
         let peer_max_streams = Arc::new(AtomicUsize::new(conn.current_max_send_streams()));
         let watched = WatchMaxStreams {
-            conn: Box::pin(conn),
+            conn,
             max: peer_max_streams.clone(),
         };
         tokio::spawn(async move {
@@ -401,8 +425,8 @@ impl EndpointPool {
 
 type H2Connection = http2::Connection<TokioIo<UpstreamIo>, RequestBody, TokioExecutor>;
 
-/// Drives an HTTP/2 connection and publishes the peer's stream limit after every poll, which is
-/// when a SETTINGS frame can have changed it.
+/// Drives an HTTP/2 connection's request dispatch and republishes the peer's stream limit each
+/// time it runs (at least once per request), so a later SETTINGS change is seen.
 struct WatchMaxStreams {
     conn: std::pin::Pin<Box<H2Connection>>,
     max: Arc<AtomicUsize>,
