@@ -389,3 +389,96 @@ async fn h1_and_h2_clients_share_one_listener() {
         .wait_stat("http.ingress.downstream_rq_http1_total", 3)
         .await;
 }
+
+/// An h2c upstream that sends GOAWAY (graceful: a first GOAWAY, a PING, then the real last
+/// stream id) on each connection once it has taken `per_conn` requests, answering every request
+/// after `delay`. It counts the requests it processed, by path.
+async fn goaway_upstream(
+    per_conn: usize,
+    delay: Duration,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<String>>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let processed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let conns = Arc::new(AtomicUsize::new(0));
+    let (p, c) = (processed.clone(), conns.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
+            let p = p.clone();
+            tokio::spawn(async move {
+                let seen = Arc::new(AtomicUsize::new(0));
+                let shutdown = Arc::new(tokio::sync::Notify::new());
+                let (seen2, shutdown2, p2) = (seen.clone(), shutdown.clone(), p.clone());
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let n = seen2.fetch_add(1, Ordering::SeqCst) + 1;
+                    if n == per_conn {
+                        shutdown2.notify_one();
+                    }
+                    let p = p2.clone();
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        p.lock().unwrap().push(req.uri().path().to_string());
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    }
+                });
+                let conn =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = shutdown.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    (addr, processed, conns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_goaway_mid_load_loses_nothing_and_retries_only_refused_streams() {
+    let (addr, processed, conns) = goaway_upstream(7, Duration::from_millis(20)).await;
+    let legate = Legate::start(&config(&route_all_to("svc"), &h2_cluster("svc", &[addr]))).await;
+    let downstream = Arc::new(H2Conn::open(legate.addr).await);
+    // Six waves of ten concurrent streams: each upstream connection goes away within a wave, so
+    // later streams of the wave race the GOAWAY and later waves need new connections.
+    for wave in 0..6 {
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let conn = downstream.clone();
+            let path = format!("http://example.test/req/{wave}/{i}");
+            tasks.push(tokio::spawn(async move { conn.get(&path).await }));
+        }
+        for t in tasks {
+            let r = bounded("request", t).await.unwrap().expect("response");
+            assert_eq!(r.status, 200, "a request was lost to GOAWAY: {}", r.text());
+        }
+    }
+    // Every request was processed exactly once: refused streams were retried, processed ones
+    // were not sent again.
+    let mut paths = processed.lock().unwrap().clone();
+    paths.sort();
+    let before = paths.len();
+    paths.dedup();
+    assert_eq!(
+        before, 60,
+        "the upstream processed {before} requests for 60"
+    );
+    assert_eq!(paths.len(), 60, "a processed request was sent twice");
+    assert!(
+        conns.load(std::sync::atomic::Ordering::SeqCst) > 1,
+        "GOAWAY after 7 requests must have made legate open new connections"
+    );
+}
