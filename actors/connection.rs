@@ -107,6 +107,7 @@ impl Actor for ConnectionActor {
         let ds = Downstream {
             remote: args.peer,
             local,
+            tls: false,
         };
         args.ctx
             .connections

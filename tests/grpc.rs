@@ -364,6 +364,8 @@ async fn client_abandoning_a_stream_cancels_it_upstream() {
         counters.wait_cancelled(1, Duration::from_secs(5)).await,
         "the upstream stream outlived the client's"
     );
+    // Envoy's codec stat for a stream the downstream reset.
+    legate.wait_stat("http2.rx_reset", 1).await;
 
     // Bidi abandoned mid-call.
     let (tx, mut replies) = bounded("bidi", client.bidi_open(None)).await.unwrap();

@@ -48,6 +48,11 @@ const ENDPOINTS: &[(&str, bool, &str)] = &[
         false,
         "listeners and their bound addresses; ?format=json",
     ),
+    (
+        "/certs",
+        false,
+        "listener and cluster TLS certificates as JSON",
+    ),
     ("/reset_counters", true, "reset every counter to zero"),
     ("/quitquitquit", true, "drain and exit"),
 ];
@@ -107,6 +112,7 @@ pub async fn handle<B>(ctx: &Arc<ServerContext>, req: Request<B>) -> AdminRespon
                 text(StatusCode::OK, out)
             }
         },
+        "/certs" => json(certs_json(ctx)),
         "/reset_counters" => {
             ctx.stats.reset_counters();
             text(StatusCode::OK, "OK\n".into())
@@ -160,6 +166,51 @@ fn listeners_json(ctx: &ServerContext) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "listener_statuses": statuses })
+}
+
+/// Envoy's `/certs`: one entry per TLS context (listener filter chains, then clusters), each
+/// with its CA and its own certificates.
+fn certs_json(ctx: &ServerContext) -> serde_json::Value {
+    use crate::tls::certs::San;
+    let cert = |c: &crate::tls::CertInfo| {
+        let sans: Vec<_> = c
+            .subject_alt_names
+            .iter()
+            .map(|s| match s {
+                San::Dns(v) => serde_json::json!({ "dns": v }),
+                San::Uri(v) => serde_json::json!({ "uri": v }),
+                San::Email(v) => serde_json::json!({ "email": v }),
+                San::Ip(v) => serde_json::json!({ "ip_address": v }),
+            })
+            .collect();
+        serde_json::json!({
+            "path": c.path,
+            "serial_number": c.serial_number,
+            "subject_alt_names": sans,
+            // Envoy reports 0 for a certificate that has already expired.
+            "days_until_expiration": c.days_until_expiration().max(0),
+            "valid_from": humantime::format_rfc3339_seconds(c.valid_from).to_string(),
+            "expiration_time": humantime::format_rfc3339_seconds(c.not_after).to_string(),
+        })
+    };
+    let entry = |ca: &Option<crate::tls::CertInfo>, chain: &[crate::tls::CertInfo]| {
+        serde_json::json!({
+            "ca_cert": ca.iter().map(cert).collect::<Vec<_>>(),
+            "cert_chain": chain.iter().map(cert).collect::<Vec<_>>(),
+        })
+    };
+    let listeners = ctx
+        .listeners
+        .iter()
+        .flat_map(|l| l.all_chains())
+        .filter_map(|c| c.tls.as_ref())
+        .map(|t| entry(&t.ca, &t.certs));
+    let clusters = ctx
+        .clusters
+        .iter()
+        .filter_map(|c| c.config.tls.as_ref())
+        .map(|t| entry(&t.ca, &t.certs));
+    serde_json::json!({ "certificates": listeners.chain(clusters).collect::<Vec<_>>() })
 }
 
 fn prometheus_response(ctx: &ServerContext) -> AdminResponse {

@@ -48,6 +48,8 @@ pub enum TerminalConfig {
 
 /// Envoy's default `listener_filters_timeout`.
 const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
+/// What `listener_filters_timeout: 0s` (no timeout) becomes: a bound never reached.
+const NO_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(u32::MAX as u64);
 
 pub(crate) fn listener(
     l: proto::Listener,
@@ -119,10 +121,12 @@ pub(crate) fn listener(
         filter_chains: chains,
         default_filter_chain,
         tls_inspector,
-        listener_filters_timeout: l
-            .listener_filters_timeout
-            .map(|ProtoDuration(d)| d)
-            .unwrap_or(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+        listener_filters_timeout: match l.listener_filters_timeout {
+            // Envoy: 0 disables the timeout.
+            Some(ProtoDuration(d)) if d.is_zero() => NO_LISTENER_FILTERS_TIMEOUT,
+            Some(ProtoDuration(d)) => d,
+            None => DEFAULT_LISTENER_FILTERS_TIMEOUT,
+        },
         continue_on_listener_filters_timeout: l
             .continue_on_listener_filters_timeout
             .unwrap_or(false),

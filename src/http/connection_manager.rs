@@ -48,6 +48,18 @@ pub struct ConnectionManager {
 pub struct Downstream {
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// The connection is TLS (the scheme is `https`).
+    pub tls: bool,
+}
+
+impl Downstream {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// `http.<stat_prefix>.*`.
@@ -72,6 +84,9 @@ pub struct HcmStats {
     pub no_route: Counter,
     pub rq_direct_response: Counter,
     pub rq_total: Counter,
+    /// Envoy's downstream codec stats (`http2.*`, not per connection manager).
+    pub http2_rx_reset: Counter,
+    pub http2_tx_reset: Counter,
 }
 
 impl HcmStats {
@@ -100,6 +115,8 @@ impl HcmStats {
             no_route: c("no_route"),
             rq_direct_response: c("rq_direct_response"),
             rq_total: c("rq_total"),
+            http2_rx_reset: stats.counter("http2.rx_reset"),
+            http2_tx_reset: stats.counter("http2.tx_reset"),
         }
     }
 }
@@ -195,7 +212,7 @@ impl ConnectionManager {
                 method: parts.method.as_str(),
                 path,
                 authority: (!authority.is_empty()).then_some(authority),
-                scheme: "http",
+                scheme: ds.scheme(),
                 headers: &parts.headers,
             };
             info.captured = self
@@ -268,9 +285,15 @@ impl ConnectionManager {
             if !self.skip_xff_append {
                 headers::append_xff(h, ds.remote.ip());
             }
-            h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            h.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(ds.scheme()),
+            );
         } else if !h.contains_key(&X_FORWARDED_PROTO) {
-            h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            h.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(ds.scheme()),
+            );
         }
         if self.generate_request_id && !h.contains_key(&X_REQUEST_ID) {
             h.insert(X_REQUEST_ID.clone(), headers::new_request_id());

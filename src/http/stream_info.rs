@@ -77,6 +77,15 @@ impl StreamInfo {
         cm.stats.downstream_rq_completed.increment(1);
         cm.stats.downstream_rq.record(self.status);
         cm.stats.downstream_rq_time.record_value(ms);
+        if self.protocol == "HTTP/2" && !complete {
+            // An unfinished HTTP/2 response was either reset by the client (its RST_STREAM, or
+            // the connection went) or by legate, passing on an upstream reset.
+            if self.flags.contains(ResponseFlags::UPSTREAM_REMOTE_RESET) {
+                cm.stats.http2_tx_reset.increment(1);
+            } else {
+                cm.stats.http2_rx_reset.increment(1);
+            }
+        }
         if let Some((cluster, host)) = &self.upstream {
             let s = &cluster.stats;
             s.upstream_rq_active.decrement(1.0);

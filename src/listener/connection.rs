@@ -20,10 +20,13 @@ pub async fn run(
     let inspected = if listener.tls_inspector {
         match tls_inspector::inspect(&stream, listener.listener_filters_timeout).await {
             Ok(i) => i,
-            Err(()) if listener.continue_on_listener_filters_timeout => Inspected::raw(),
+            // Envoy counts the timeout whether or not the connection carries on.
             Err(()) => {
                 stats.downstream_pre_cx_timeout.increment(1);
-                return;
+                if !listener.continue_on_listener_filters_timeout {
+                    return;
+                }
+                Inspected::raw()
             }
         }
     } else {
@@ -53,33 +56,41 @@ pub async fn run(
             Verdict::Continue => {}
             Verdict::ContinueWith(g) => _guards.push(g),
             Verdict::Close => return,
+            Verdict::CloseAfter(delay, guard) => {
+                // Hold the connection, unread, then close it; a drain ends the wait early.
+                let _guard = guard;
+                let mut drain = drain;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = &mut drain => {}
+                }
+                return;
+            }
         }
     }
 
     match &chain.tls {
         Some(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
             // A handshake that does not finish in time is closed (same bound as the listener
             // filters).
-            let tls_stream = match tokio::time::timeout(
-                listener.listener_filters_timeout,
-                acceptor.accept(stream),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    stats.ssl_connection_error.increment(1);
-                    tracing::debug!(error = %e, peer = %ds.remote, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    stats.ssl_connection_error.increment(1);
-                    return;
-                }
-            };
+            let tls_stream =
+                match tokio::time::timeout(listener.listener_filters_timeout, tls.accept(stream))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        stats.ssl_connection_error.increment(1);
+                        tracing::debug!(error = %e, peer = %ds.remote, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        stats.ssl_connection_error.increment(1);
+                        return;
+                    }
+                };
             stats.ssl_handshake.increment(1);
             let alpn = tls_stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            let ds = Downstream { tls: true, ..ds };
             terminal(&chain.terminal, tls_stream, ds, drain, alpn.as_deref()).await;
         }
         None => terminal(&chain.terminal, stream, ds, drain, None).await,

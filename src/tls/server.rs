@@ -15,6 +15,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct ServerTls {
     pub config: Arc<ServerConfig>,
+    /// `config` without ALPN, for clients that offer none of its protocols.
+    config_no_alpn: Arc<ServerConfig>,
     pub certs: Vec<CertInfo>,
     pub ca: Option<CertInfo>,
 }
@@ -102,12 +104,38 @@ impl ServerTls {
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs: keys }));
+        let config_no_alpn = Arc::new(config.clone());
         config.alpn_protocols = s.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         Ok(ServerTls {
             config: Arc::new(config),
+            config_no_alpn,
             certs: infos,
             ca: ca_info,
         })
+    }
+}
+
+impl ServerTls {
+    /// The server side of a TLS handshake. A client offering ALPN protocols none of which the
+    /// listener lists gets a handshake without ALPN, as in Envoy (BoringSSL's select callback
+    /// answers NOACK), rather than rustls's `no_application_protocol` alert.
+    pub async fn accept<IO>(&self, io: IO) -> std::io::Result<tokio_rustls::server::TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        let ours = &self.config.alpn_protocols;
+        let no_overlap = match start.client_hello().alpn() {
+            Some(mut offered) => !ours.is_empty() && !offered.any(|p| ours.iter().any(|o| o == p)),
+            None => false,
+        };
+        let config = if no_overlap {
+            self.config_no_alpn.clone()
+        } else {
+            self.config.clone()
+        };
+        start.into_stream(config).await
     }
 }
 
