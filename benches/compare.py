@@ -271,6 +271,12 @@ def main():
             ("TLS (h2 by ALPN) -c10 -m10 → HTTP/1.1 upstream",
              lambda t: run_h2load(f"https://127.0.0.1:{PORTS[t][2]}/", work) if t != "direct" else None),
         ]
+        # TARGETS=legate,nginx and SCENARIOS=0,3 narrow a run (for quick before/after checks).
+        if os.environ.get("TARGETS"):
+            targets = [t for t in targets if t in os.environ["TARGETS"].split(",")]
+        if os.environ.get("SCENARIOS"):
+            keep = {int(i) for i in os.environ["SCENARIOS"].split(",")}
+            scenarios = [sc for i, sc in enumerate(scenarios) if i in keep]
         results = {}  # (scenario, target) -> list of (rps, p99, cpu)
         for r in range(ROUNDS):
             print(f"round {r + 1}/{ROUNDS}", file=sys.stderr)
@@ -292,8 +298,9 @@ def main():
                     print(f"  {name:48} {t:8} {probe[0]:10.0f} req/s  p99 {probe[1]:7.3f} ms  cpu/req "
                           f"{'-' if probe[2] is None else f'{probe[2]:.1f} us'}", file=sys.stderr)
         memory = {}
-        for t in ["legate", "nginx", "haproxy"]:
-            memory[t] = idle_memory(PORTS[t][0], pids[t])
+        if os.environ.get("MEMORY", "1") == "1":
+            for t in ["legate", "nginx", "haproxy"]:
+                memory[t] = idle_memory(PORTS[t][0], pids[t])
         report(results, memory, scenarios, targets)
     finally:
         for p in procs.values():

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub type Sender = http1::SendRequest<RequestBody>;
+pub use super::h1_conn::H1Conn;
 
 /// Envoy's default upstream `idle_timeout` (HttpProtocolOptions).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -49,7 +49,7 @@ pub struct EndpointPool {
 }
 
 struct Idle {
-    sender: Sender,
+    conn: H1Conn,
     since: Instant,
 }
 
@@ -104,7 +104,7 @@ impl Drop for H2Stream {
 
 /// A connection (HTTP/1.1) or a stream slot (HTTP/2) checked out for one request.
 pub enum Upstream {
-    H1(Sender),
+    H1(H1Conn),
     H2(H2Stream),
 }
 
@@ -125,7 +125,7 @@ impl PooledConn {
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
         match &mut self.upstream {
-            Upstream::H1(s) => s.try_send_request(req).await,
+            Upstream::H1(c) => c.send(req).await,
             Upstream::H2(s) => s.conn.sender.clone().try_send_request(req).await,
         }
     }
@@ -182,15 +182,15 @@ impl EndpointPool {
     ) -> Result<PooledConn, ConnectError> {
         while let Some(idle) = self.idle.pop() {
             self.idle_len.fetch_sub(1, Ordering::Relaxed);
-            let mut sender = idle.sender;
-            if sender.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
-                continue; // dropping the sender lets its connection task finish
+            let mut conn = idle.conn;
+            if idle.since.elapsed() > IDLE_TIMEOUT {
+                continue; // dropping it closes the connection
             }
-            // A connection is queued as soon as its response body ends; hyper may not have
-            // flipped it back to idle yet, so wait for readiness (normally already there).
-            if sender.ready().await.is_ok() {
+            // The connection was queued as soon as its response body ended and nobody has
+            // polled it since: let it finish that message (and notice a close by the upstream).
+            if conn.ready().await {
                 return Ok(PooledConn {
-                    upstream: Upstream::H1(sender),
+                    upstream: Upstream::H1(conn),
                     reused: true,
                 });
             }
@@ -246,9 +246,9 @@ impl EndpointPool {
     }
 
     /// Give an HTTP/1.1 connection back after its response finished cleanly.
-    pub fn checkin(&self, sender: Sender) {
+    pub fn checkin(&self, mut conn: H1Conn) {
         // Acquire pairs with the Release in `close`: once closed, no connection is queued again.
-        if self.closed.load(Ordering::Acquire) || sender.is_closed() {
+        if self.closed.load(Ordering::Acquire) || !conn.check_open() {
             return;
         }
         if self.idle_len.fetch_add(1, Ordering::Relaxed) >= MAX_IDLE {
@@ -256,7 +256,7 @@ impl EndpointPool {
             return;
         }
         self.idle.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
@@ -266,9 +266,11 @@ impl EndpointPool {
     pub fn evict_idle(&self, max_idle: Duration) -> usize {
         let mut evicted = 0;
         for _ in 0..self.idle_len.load(Ordering::Relaxed) {
-            let Some(idle) = self.idle.pop() else { break };
+            let Some(mut idle) = self.idle.pop() else {
+                break;
+            };
             self.idle_len.fetch_sub(1, Ordering::Relaxed);
-            if idle.sender.is_closed() || idle.since.elapsed() > max_idle {
+            if !idle.conn.check_open() || idle.since.elapsed() > max_idle {
                 evicted += 1;
             } else {
                 self.idle_len.fetch_add(1, Ordering::Relaxed);
@@ -342,14 +344,10 @@ impl EndpointPool {
             .handshake::<_, RequestBody>(TokioIo::new(stream))
             .await?;
         let active = Self::active_guard(cluster, host);
-        // The connection's own task drives its I/O; it ends when the peer closes or the last
-        // sender is dropped. Upgrades (WebSocket) hand the socket over to a tunnel.
-        tokio::spawn(async move {
-            let _active = active;
-            let _ = conn.with_upgrades().await;
-        });
+        // No task of its own: the requests using it drive it (see `H1Conn`). With upgrades
+        // enabled, a `101` hands the socket to a WebSocket tunnel.
         Ok(PooledConn {
-            upstream: Upstream::H1(sender),
+            upstream: Upstream::H1(H1Conn::new(sender, conn.with_upgrades(), active)),
             reused: false,
         })
     }
@@ -448,7 +446,7 @@ impl std::future::Future for WatchMaxStreams {
 }
 
 /// Keeps the active-connection gauges true however the connection ends.
-struct ConnActive {
+pub(super) struct ConnActive {
     cx_active: metrics::Gauge,
     cx_destroy: metrics::Counter,
     host: Arc<HostStats>,

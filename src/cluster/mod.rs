@@ -7,6 +7,7 @@
 
 pub mod dns;
 pub mod endpoint_pool;
+pub mod h1_conn;
 pub mod load_balancer;
 pub mod transport;
 

@@ -133,7 +133,14 @@ impl Body for ResponseBody {
         let this = &mut *self;
         let frame = match &mut this.kind {
             Kind::Full(b) => b.take().map(|b| Ok(Frame::data(b))),
-            Kind::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
+            Kind::Upstream(body) => {
+                // An HTTP/1.1 upstream connection is driven by this task: let it read the
+                // next bytes of the body before asking for them.
+                if let Some((Upstream::H1(conn), _)) = &mut this.conn {
+                    conn.poll_conn(cx);
+                }
+                ready!(Pin::new(body).poll_frame(cx))
+            }
         };
         match &frame {
             Some(Ok(f)) => {

@@ -335,7 +335,11 @@ impl ConnectionManager {
         match tunnel {
             // The upstream connection now belongs to the tunnel; it never returns to the pool.
             Some((down, up)) => {
-                drop(upstream);
+                // The upgraded socket is released when the upstream connection's future ends;
+                // it never returns to the pool.
+                if let crate::cluster::endpoint_pool::Upstream::H1(conn) = upstream {
+                    conn.spawn_to_completion();
+                }
                 self.spawn_tunnel(down, up);
                 Response::from_parts(parts, ResponseBody::full(Bytes::new(), Some(info)))
             }
