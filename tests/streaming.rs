@@ -391,3 +391,47 @@ async fn a_slow_client_does_not_make_legate_buffer_the_response() {
         legate.stderr()
     );
 }
+
+/// Envoy starts the route timer once the downstream request is complete: an upload slower than
+/// the route timeout still succeeds, and the timeout then applies to the upstream's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_starts_when_the_request_body_is_complete() {
+    let up = digesting_upstream().await;
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: svc, timeout: 0.3s }\n";
+    let legate = Legate::start(&config(vh, &cluster("svc", &[up.addr]))).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let req = Request::post("/slow-upload")
+        .header("host", "x")
+        .body(body)
+        .unwrap();
+    // Ten chunks, 100 ms apart: the upload takes about three route timeouts.
+    tokio::spawn(async move {
+        for i in 0..10u8 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if tx
+                .send(Ok(Frame::data(Bytes::from(vec![i; 1000]))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), async {
+        let resp = send(legate.addr, req).await;
+        let status = resp.status();
+        (status, resp.into_body().collect().await.unwrap().to_bytes())
+    })
+    .await
+    .expect("upload finished in time");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).starts_with("10000 "),
+        "the upstream got {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_timeout"), 0);
+}

@@ -8,28 +8,66 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-/// A downstream request body on its way upstream; counts bytes for `%BYTES_RECEIVED%`.
+/// How far a downstream request body has got: its bytes (`%BYTES_RECEIVED%`) and its end, which
+/// starts the route timeout (Envoy times the upstream from the complete downstream request, so
+/// a long upload is not cut off by it).
+#[derive(Default)]
+pub struct RequestProgress {
+    pub bytes: AtomicU64,
+    done: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl RequestProgress {
+    fn finish(&self) {
+        // Release pairs with the Acquire in `finished`.
+        if !self.done.swap(true, Ordering::Release) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Resolves once the whole request body has been read.
+    pub async fn finished(&self) {
+        loop {
+            let notified = self.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a finish in between is not missed.
+            notified.as_mut().enable();
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A downstream request body on its way upstream; reports its progress.
 pub struct RequestBody {
     inner: Option<Incoming>,
-    received: Arc<AtomicU64>,
+    progress: Arc<RequestProgress>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, received: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: Incoming, progress: Arc<RequestProgress>) -> Self {
+        if inner.is_end_stream() {
+            progress.finish();
+        }
         RequestBody {
             inner: Some(inner),
-            received,
+            progress,
         }
     }
 
     pub fn empty() -> Self {
+        let progress = Arc::new(RequestProgress::default());
+        progress.finish();
         RequestBody {
             inner: None,
-            received: Arc::default(),
+            progress,
         }
     }
 }
@@ -46,12 +84,21 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let frame = ready!(Pin::new(inner).poll_frame(cx));
-        if let Some(Ok(f)) = &frame {
-            if let Some(d) = f.data_ref() {
-                // Relaxed: read once, after the stream has ended.
-                this.received.fetch_add(d.len() as u64, Ordering::Relaxed);
+        let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    // Relaxed: read once, after the stream has ended.
+                    this.progress
+                        .bytes
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                if inner.is_end_stream() {
+                    this.progress.finish();
+                }
             }
+            None => this.progress.finish(),
+            Some(Err(_)) => {}
         }
         Poll::Ready(frame)
     }

@@ -1,11 +1,12 @@
 //! What legate knows about one request while it is in flight, and its ending: stats and access
 //! log lines are written once, when the response body ends or is dropped.
 
+use super::body::RequestProgress;
 use super::connection_manager::{ConnectionManager, Downstream};
 use super::response_flags::ResponseFlags;
 use crate::cluster::{Cluster, Host};
 use crate::observe::access_log::{Captured, Entry};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -23,7 +24,7 @@ pub struct StreamInfo {
     pub upstream: Option<(Arc<Cluster>, Arc<Host>)>,
     pub upstream_start: Option<Instant>,
     pub transport_failure_reason: Option<Box<str>>,
-    pub bytes_received: Arc<AtomicU64>,
+    pub request: Arc<RequestProgress>,
     pub bytes_sent: u64,
     /// One per configured access log.
     pub captured: Vec<Captured>,
@@ -44,7 +45,7 @@ impl StreamInfo {
             upstream: None,
             upstream_start: None,
             transport_failure_reason: None,
-            bytes_received: Arc::default(),
+            request: Arc::default(),
             bytes_sent: 0,
             captured: Vec::new(),
         }
@@ -126,7 +127,7 @@ impl StreamInfo {
             response_code: self.status,
             response_code_details: self.details,
             response_flags: &flags,
-            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            bytes_received: self.request.bytes.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent,
             duration,
             upstream_host: self.upstream.as_ref().map(|(_, h)| h.address),

@@ -38,14 +38,26 @@ pub async fn forward(
 
     let downstream_h2 = parts.version == Version::HTTP_2;
     rewrite_target(&mut parts, path_match, fwd);
-    let body = RequestBody::new(body, info.bytes_received.clone());
+    let progress = info.request.clone();
+    let body = RequestBody::new(body, progress.clone());
 
     let send = send(cluster, &host, parts, body, downstream_h2, info);
     let timeout = timeout_override.unwrap_or(fwd.timeout);
     let result = if timeout.is_zero() {
         send.await
     } else {
-        match tokio::time::timeout(timeout, send).await {
+        let mut send = std::pin::pin!(send);
+        // Envoy's route timer starts when the downstream request is complete.
+        let early = tokio::select! {
+            biased;
+            r = &mut send => Some(r),
+            _ = progress.finished() => None,
+        };
+        let timed = match early {
+            Some(r) => Ok(r),
+            None => tokio::time::timeout(timeout, send).await,
+        };
+        match timed {
             Ok(r) => r,
             Err(_) => {
                 cluster.stats.upstream_rq_timeout.increment(1);
