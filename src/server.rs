@@ -78,6 +78,8 @@ pub struct ServerContext {
     pub connections: ConnectionRegistry,
     shutdown: Notify,
     shutdown_requested: std::sync::atomic::AtomicBool,
+    /// The root of the actor tree, for admin commands (set once it has started).
+    root: std::sync::OnceLock<ActorRef<RootMsg>>,
 }
 
 impl ServerContext {
@@ -101,9 +103,20 @@ impl ServerContext {
         self.shutdown.notify_waiters();
     }
 
+    /// `/drain_listeners`: stop accepting and drain every connection; the process keeps running.
+    pub fn drain_listeners(&self) {
+        self.set_state(State::Draining);
+        if let Some(root) = self.root.get() {
+            let _ = root.cast(RootMsg::Drain);
+        }
+    }
+
     pub async fn shutdown_requested(&self) {
         loop {
             let notified = self.shutdown.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a request in between is not missed.
+            notified.as_mut().enable();
             if self.shutdown_requested.load(Ordering::Acquire) {
                 return;
             }
@@ -174,12 +187,14 @@ impl Server {
             connections: ConnectionRegistry::default(),
             shutdown: Notify::new(),
             shutdown_requested: Default::default(),
+            root: Default::default(),
         });
         ctx.set_state(State::Initializing);
 
         let (root, handle) = Actor::spawn(None, RootSupervisor, ctx.clone())
             .await
             .map_err(|e| ServerError::Spawn(e.to_string()))?;
+        let _ = ctx.root.set(root.clone());
         ctx.set_state(State::Live);
         let root_done = tokio::spawn(async move {
             let _ = handle.await;

@@ -346,3 +346,34 @@ async fn unknown_admin_path_is_404_with_help() {
     assert_eq!(r.status, 200);
     assert!(r.text().contains("/stats"), "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_listeners_stops_accepting_and_closes_idle_connections() {
+    let up = Upstream::echo("a").await;
+    let legate = Legate::start(&config(&route_all_to("svc"), &cluster("svc", &[up.addr]))).await;
+    let mut idle = Conn::open(legate.addr).await;
+    assert_eq!(idle.get("x", "/").await.unwrap().status, 200);
+
+    assert_eq!(admin(&legate, "/drain_listeners").await.status, 405);
+    assert_eq!(admin_post(&legate, "/drain_listeners").await.status, 200);
+    // Not ready any more, still running.
+    assert_eq!(admin(&legate, "/ready").await.status, 503);
+    legate
+        .wait_stat("listener_manager.total_listeners_draining", 1)
+        .await;
+    // New connections are refused once the listener socket is closed (bounded wait).
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(legate.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the listener still accepts after /drain_listeners");
+    // The idle keep-alive connection is closed by the drain.
+    legate
+        .wait_stat("http.ingress.downstream_cx_active", 0)
+        .await;
+    assert!(idle.get("x", "/").await.is_err());
+}

@@ -54,6 +54,11 @@ const ENDPOINTS: &[(&str, bool, &str)] = &[
         "listener and cluster TLS certificates as JSON",
     ),
     ("/reset_counters", true, "reset every counter to zero"),
+    (
+        "/drain_listeners",
+        true,
+        "stop accepting and drain connections; the process keeps running",
+    ),
     ("/quitquitquit", true, "drain and exit"),
 ];
 
@@ -115,6 +120,10 @@ pub async fn handle<B>(ctx: &Arc<ServerContext>, req: Request<B>) -> AdminRespon
         "/certs" => json(certs_json(ctx)),
         "/reset_counters" => {
             ctx.stats.reset_counters();
+            text(StatusCode::OK, "OK\n".into())
+        }
+        "/drain_listeners" => {
+            ctx.drain_listeners();
             text(StatusCode::OK, "OK\n".into())
         }
         "/quitquitquit" => {
