@@ -18,8 +18,8 @@ pub mod validate;
 pub use load::{load, ConfigSource};
 pub use validate::{
     AccessLogConfig, AccessLogSink, ClusterConfig, ClusterType, CodecType, Config, DnsLookupFamily,
-    EndpointConfig, FilterChainConfig, HcmConfig, Http2Settings, ListenerConfig, TerminalConfig,
-    UpstreamProtocol,
+    DownstreamLimits, EndpointConfig, FilterChainConfig, HcmConfig, Http2Settings, ListenerConfig,
+    TerminalConfig, UnderscoreAction, UpstreamProtocol,
 };
 
 use std::fmt;

@@ -268,6 +268,18 @@ pub struct HttpConnectionManager {
     pub max_request_headers_kb: Option<u32>,
     #[serde(default)]
     pub upgrade_configs: Vec<UpgradeConfig>,
+    #[serde(default)]
+    pub http_protocol_options: Option<Http1ProtocolOptions>,
+    #[serde(default)]
+    pub request_headers_timeout: Option<ProtoDuration>,
+    #[serde(default)]
+    pub stream_idle_timeout: Option<ProtoDuration>,
+    #[serde(default)]
+    pub request_timeout: Option<ProtoDuration>,
+    /// legate's own: the longest request target accepted (414 beyond it). Envoy has no such
+    /// field; its URL counts toward `max_request_headers_kb` only.
+    #[serde(default)]
+    pub max_request_uri_kb: Option<u32>,
 }
 
 /// `config.core.v3.Http2ProtocolOptions`, the fields legate implements.
@@ -284,6 +296,10 @@ pub struct Http2ProtocolOptions {
     pub initial_connection_window_size: Option<u32>,
     #[serde(default)]
     pub connection_keepalive: Option<KeepaliveSettings>,
+    #[serde(default)]
+    pub max_outbound_frames: Option<u32>,
+    #[serde(default)]
+    pub max_outbound_control_frames: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -295,10 +311,15 @@ pub struct KeepaliveSettings {
     pub timeout: Option<ProtoDuration>,
 }
 
-/// `config.core.v3.Http1ProtocolOptions`: accepted empty (HTTP/1.1 defaults).
+/// `config.core.v3.Http1ProtocolOptions`, the fields legate implements.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Http1ProtocolOptions {}
+pub struct Http1ProtocolOptions {
+    /// Accept `Content-Length` together with `Transfer-Encoding: chunked` (the length is
+    /// dropped); otherwise such a request is a 400.
+    #[serde(default)]
+    pub allow_chunked_length: Option<bool>,
+}
 
 /// `config.core.v3.HttpProtocolOptions`.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -306,6 +327,10 @@ pub struct Http1ProtocolOptions {}
 pub struct CommonHttpProtocolOptions {
     #[serde(default)]
     pub max_headers_count: Option<u32>,
+    #[serde(default)]
+    pub idle_timeout: Option<ProtoDuration>,
+    #[serde(default)]
+    pub headers_with_underscores_action: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

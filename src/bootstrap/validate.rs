@@ -43,6 +43,10 @@ pub struct Http2Settings {
     pub initial_connection_window_size: u32,
     /// PING every `interval`, close when no ACK within `timeout`.
     pub keepalive: Option<(Duration, Duration)>,
+    /// Frames queued for the peer (not yet written to the socket) before the connection is
+    /// closed as a flood; control frames (PING, SETTINGS, RST_STREAM) have the lower limit.
+    pub max_outbound_frames: u32,
+    pub max_outbound_control_frames: u32,
 }
 
 impl Default for Http2Settings {
@@ -53,6 +57,8 @@ impl Default for Http2Settings {
             initial_stream_window_size: 16 * 1024 * 1024,
             initial_connection_window_size: 24 * 1024 * 1024,
             keepalive: None,
+            max_outbound_frames: 10000,
+            max_outbound_control_frames: 1000,
         }
     }
 }
@@ -81,6 +87,51 @@ pub struct HcmConfig {
     pub skip_xff_append: bool,
     pub generate_request_id: bool,
     pub server_name: String,
+    pub limits: DownstreamLimits,
+}
+
+/// `headers_with_underscores_action` (`HttpProtocolOptions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnderscoreAction {
+    Allow,
+    DropHeader,
+    RejectRequest,
+}
+
+/// What a downstream may send and how slowly, with Envoy's defaults. `None` is off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownstreamLimits {
+    /// From the first byte of a request until its headers are complete (408).
+    pub request_headers_timeout: Option<Duration>,
+    /// No activity on a stream (408 before response headers, reset after). Default 5 min.
+    pub stream_idle_timeout: Option<Duration>,
+    /// From the start of a request until it has been received whole (408).
+    pub request_timeout: Option<Duration>,
+    /// A connection with no request in flight is closed after this long. Default 1 h.
+    pub idle_timeout: Option<Duration>,
+    /// HTTP/1.1 `Content-Length` with `Transfer-Encoding: chunked` is accepted (length dropped).
+    pub allow_chunked_length: bool,
+    pub headers_with_underscores: UnderscoreAction,
+    /// The longest request target, in bytes (414 beyond it).
+    pub max_request_uri_bytes: usize,
+}
+
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const DEFAULT_MAX_REQUEST_URI_KB: u32 = 16;
+
+impl Default for DownstreamLimits {
+    fn default() -> Self {
+        DownstreamLimits {
+            request_headers_timeout: None,
+            stream_idle_timeout: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+            request_timeout: None,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            allow_chunked_length: false,
+            headers_with_underscores: UnderscoreAction::Allow,
+            max_request_uri_bytes: DEFAULT_MAX_REQUEST_URI_KB as usize * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +365,7 @@ pub(crate) fn http_connection_manager(
             "must be at least 1",
         );
     }
+    let limits = downstream_limits(&h, path, errs);
     let mut websocket = false;
     for (i, u) in h.upgrade_configs.iter().enumerate() {
         if u.upgrade_type.eq_ignore_ascii_case("websocket") {
@@ -393,7 +445,48 @@ pub(crate) fn http_connection_manager(
         skip_xff_append: h.skip_xff_append.unwrap_or(false),
         generate_request_id: h.generate_request_id.unwrap_or(true),
         server_name: h.server_name.unwrap_or_else(|| "legate".to_string()),
+        limits,
     })
+}
+
+/// Timeouts and request limits of a connection manager; a `0s` duration turns a timer off.
+fn downstream_limits(h: &HttpConnectionManager, path: &str, errs: &mut Errors) -> DownstreamLimits {
+    let mut l = DownstreamLimits::default();
+    let on = |d: ProtoDuration| (!d.0.is_zero()).then_some(d.0);
+    if let Some(d) = h.request_headers_timeout {
+        l.request_headers_timeout = on(d);
+    }
+    if let Some(d) = h.stream_idle_timeout {
+        l.stream_idle_timeout = on(d);
+    }
+    if let Some(d) = h.request_timeout {
+        l.request_timeout = on(d);
+    }
+    if let Some(c) = &h.common_http_protocol_options {
+        if let Some(d) = c.idle_timeout {
+            l.idle_timeout = on(d);
+        }
+        match c.headers_with_underscores_action.as_deref() {
+            None | Some("ALLOW") => {}
+            Some("DROP_HEADER") => l.headers_with_underscores = UnderscoreAction::DropHeader,
+            Some("REJECT_REQUEST") => l.headers_with_underscores = UnderscoreAction::RejectRequest,
+            Some(other) => errs.unsupported(
+                format!("{path}.common_http_protocol_options.headers_with_underscores_action"),
+                other,
+            ),
+        }
+    }
+    if let Some(o) = &h.http_protocol_options {
+        l.allow_chunked_length = o.allow_chunked_length.unwrap_or(false);
+    }
+    if let Some(kb) = h.max_request_uri_kb {
+        // hyper's own ceiling for a request target is 64 KiB - 2.
+        if !(1..=63).contains(&kb) {
+            errs.add(format!("{path}.max_request_uri_kb"), "must be in [1, 63]");
+        }
+        l.max_request_uri_bytes = kb.clamp(1, 63) as usize * 1024;
+    }
+    l
 }
 
 /// Envoy's HTTP/2 options with its defaults and ranges (protocol.proto).
@@ -434,6 +527,21 @@ fn http2_settings(
             }
             *target = v;
         }
+    }
+    if let Some(v) = o.max_outbound_frames {
+        if v == 0 {
+            errs.add(format!("{path}.max_outbound_frames"), "must be at least 1");
+        }
+        s.max_outbound_frames = v.max(1);
+    }
+    if let Some(v) = o.max_outbound_control_frames {
+        if v == 0 {
+            errs.add(
+                format!("{path}.max_outbound_control_frames"),
+                "must be at least 1",
+            );
+        }
+        s.max_outbound_control_frames = v.max(1);
     }
     if let Some(k) = &o.connection_keepalive {
         match (k.interval, k.timeout) {

@@ -7,10 +7,13 @@ use crate::cluster::Host;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::time::Sleep;
 
 /// How far a downstream request body has got: its bytes (`%BYTES_RECEIVED%`) and its end, which
 /// starts the route timeout (Envoy times the upstream from the complete downstream request, so
@@ -19,10 +22,18 @@ use std::task::{ready, Context, Poll};
 pub struct RequestProgress {
     pub bytes: AtomicU64,
     done: AtomicBool,
+    /// The downstream broke the body (framing, reset): the upstream request is aborted with it,
+    /// and its connection is not reused.
+    pub failed: AtomicBool,
     notify: tokio::sync::Notify,
 }
 
 impl RequestProgress {
+    /// The whole request body has been read.
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
     fn finish(&self) {
         // Release pairs with the Acquire in `finished`.
         if !self.done.swap(true, Ordering::Release) {
@@ -98,7 +109,7 @@ impl Body for RequestBody {
                 }
             }
             None => this.progress.finish(),
-            Some(Err(_)) => {}
+            Some(Err(_)) => this.progress.failed.store(true, Ordering::Release),
         }
         Poll::Ready(frame)
     }
@@ -125,7 +136,17 @@ pub struct ResponseBody {
     /// or stream slot (HTTP/2, released when the response ends either way).
     conn: Option<(Upstream, Arc<Host>)>,
     done: bool,
+    /// `stream_idle_timeout` while waiting on the upstream for the next frame.
+    idle: Option<Duration>,
+    idle_sleep: Option<Pin<Box<Sleep>>>,
 }
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response stalled past `stream_idle_timeout`; the stream is reset.
+#[derive(Debug, thiserror::Error)]
+#[error("stream idle timeout")]
+pub struct StreamIdle;
 
 enum Kind {
     Upstream(Incoming),
@@ -139,11 +160,14 @@ impl ResponseBody {
         conn: Upstream,
         host: Arc<Host>,
     ) -> Self {
+        let idle = stream.cm.limits.stream_idle_timeout;
         ResponseBody {
             kind: Kind::Upstream(body),
             stream: Some(stream),
             conn: Some((conn, host)),
             done: false,
+            idle,
+            idle_sleep: None,
         }
     }
 
@@ -153,6 +177,8 @@ impl ResponseBody {
             stream,
             conn: None,
             done: false,
+            idle: None,
+            idle_sleep: None,
         }
     }
 
@@ -171,12 +197,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let frame = match &mut this.kind {
             Kind::Full(b) => b.take().map(|b| Ok(Frame::data(b))),
@@ -186,7 +212,30 @@ impl Body for ResponseBody {
                 if let Some((Upstream::H1(conn), _)) = &mut this.conn {
                     conn.poll_conn(cx);
                 }
-                ready!(Pin::new(body).poll_frame(cx))
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(f) => {
+                        this.idle_sleep = None;
+                        f.map(|r| r.map_err(BoxError::from))
+                    }
+                    Poll::Pending => {
+                        // The upstream has sent nothing since this wait began.
+                        if let Some(idle) = this.idle {
+                            let sleep = this
+                                .idle_sleep
+                                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                            if sleep.as_mut().poll(cx).is_ready() {
+                                this.idle_sleep = None;
+                                if let Some(s) = this.stream.as_mut() {
+                                    s.stream_idle_timeout();
+                                }
+                                this.conn = None;
+                                this.finish();
+                                return Poll::Ready(Some(Err(Box::new(StreamIdle))));
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                }
             }
         };
         match &frame {
@@ -196,7 +245,7 @@ impl Body for ResponseBody {
                 }
             }
             Some(Err(_)) => {
-                // The upstream reset mid-response. Returning the error makes hyper abort the
+                // The upstream reset mid-response (or the downstream broke the request body). Returning the error makes hyper abort the
                 // downstream connection, so the client sees a broken response, never a short
                 // one that looks complete.
                 if let Some(s) = this.stream.as_mut() {

@@ -3,11 +3,13 @@
 
 use super::body::ResponseBody;
 use super::grpc;
+use super::guard::{self, ConnShared, Guard, GuardConfig, GuardStats, Protocol};
 use super::headers::{self, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_PROTO, X_REQUEST_ID};
 use super::local_reply::LocalReply;
 use super::router::{self, Action, RouteTable};
 use super::stream_info::StreamInfo;
-use crate::bootstrap::{CodecType, HcmConfig, Http2Settings};
+use super::validation::{self, UnderscoreStats, Verdict};
+use crate::bootstrap::{CodecType, DownstreamLimits, HcmConfig, Http2Settings};
 use crate::cluster::Cluster;
 use crate::observe::access_log::{AccessLogger, Captured, RequestParts};
 use crate::observe::stats::StatusCounters;
@@ -21,10 +23,11 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge};
-use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// One connection manager per listener filter chain, shared by all its connections.
 pub struct ConnectionManager {
@@ -41,6 +44,10 @@ pub struct ConnectionManager {
     max_request_headers_kb: u32,
     max_headers_count: u32,
     websocket: bool,
+    pub limits: DownstreamLimits,
+    guard: Arc<GuardConfig>,
+    underscores_http1: UnderscoreStats,
+    underscores_http2: UnderscoreStats,
 }
 
 /// The two ends of a downstream connection.
@@ -84,9 +91,14 @@ pub struct HcmStats {
     pub no_route: Counter,
     pub rq_direct_response: Counter,
     pub rq_total: Counter,
-    /// Envoy's downstream codec stats (`http2.*`, not per connection manager).
-    pub http2_rx_reset: Counter,
-    pub http2_tx_reset: Counter,
+    pub downstream_cx_protocol_error: Counter,
+    pub downstream_cx_idle_timeout: Counter,
+    pub downstream_rq_header_timeout: Counter,
+    pub downstream_rq_idle_timeout: Counter,
+    pub downstream_rq_timeout: Counter,
+    pub downstream_rq_too_many_premature_resets: Counter,
+    pub downstream_rq_rx_reset: Counter,
+    pub downstream_rq_tx_reset: Counter,
 }
 
 impl HcmStats {
@@ -115,8 +127,14 @@ impl HcmStats {
             no_route: c("no_route"),
             rq_direct_response: c("rq_direct_response"),
             rq_total: c("rq_total"),
-            http2_rx_reset: stats.counter("http2.rx_reset"),
-            http2_tx_reset: stats.counter("http2.tx_reset"),
+            downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
+            downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_too_many_premature_resets: c("downstream_rq_too_many_premature_resets"),
+            downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
+            downstream_rq_tx_reset: c("downstream_rq_tx_reset"),
         }
     }
 }
@@ -140,9 +158,51 @@ impl ConnectionManager {
             .iter()
             .map(|a| AccessLogger::open(&a.sink, a.format.clone(), stats))
             .collect::<Result<Vec<_>, _>>()?;
+        let hcm_stats = HcmStats::new(stats, &config.stat_prefix);
+        let limits = config.limits.clone();
+        // The head timer is the shorter of the header timeout and the stream idle timeout, and
+        // answers as the one that fired.
+        let head_timeout = match (limits.request_headers_timeout, limits.stream_idle_timeout) {
+            (Some(h), Some(i)) if i < h => {
+                Some((i, LocalReply::StreamIdleTimeout { complete: false }))
+            }
+            (Some(h), _) => Some((h, LocalReply::RequestHeaderTimeout)),
+            (None, Some(i)) => Some((i, LocalReply::StreamIdleTimeout { complete: false })),
+            (None, None) => None,
+        };
+        // Codec stats are rooted at `http1.` / `http2.`, as Envoy's downstream codec stats are.
+        let guard = Arc::new(GuardConfig {
+            max_head_bytes: config.max_request_headers_kb as usize * 1024,
+            max_headers: config.max_headers_count as usize,
+            max_uri_bytes: limits.max_request_uri_bytes,
+            allow_chunked_length: limits.allow_chunked_length,
+            head_timeout,
+            stream_idle_timeout: limits.stream_idle_timeout,
+            max_outbound_frames: config.http2.max_outbound_frames as usize,
+            max_outbound_control_frames: config.http2.max_outbound_control_frames as usize,
+            stats: GuardStats {
+                downstream_rq_idle_timeout: hcm_stats.downstream_rq_idle_timeout.clone(),
+                downstream_rq_too_many_premature_resets: hcm_stats
+                    .downstream_rq_too_many_premature_resets
+                    .clone(),
+                downstream_cx_protocol_error: hcm_stats.downstream_cx_protocol_error.clone(),
+                http2_rx_reset: stats.counter("http2.rx_reset"),
+                http2_tx_reset: stats.counter("http2.tx_reset"),
+                http2_outbound_flood: stats.counter("http2.outbound_flood"),
+                http2_outbound_control_flood: stats.counter("http2.outbound_control_flood"),
+                http2_tx_flush_timeout: stats.counter("http2.tx_flush_timeout"),
+                http2_header_overflow: stats.counter("http2.header_overflow"),
+            },
+        });
+        let underscores = |codec: &str| UnderscoreStats {
+            dropped: stats.counter(format!("{codec}.dropped_headers_with_underscores")),
+            rejected: stats.counter(format!(
+                "{codec}.requests_rejected_with_underscores_in_headers"
+            )),
+        };
         Ok(ConnectionManager {
             stat_prefix: config.stat_prefix.clone(),
-            stats: HcmStats::new(stats, &config.stat_prefix),
+            stats: hcm_stats,
             routes,
             access_logs,
             use_remote_address: config.use_remote_address,
@@ -155,16 +215,23 @@ impl ConnectionManager {
             max_request_headers_kb: config.max_request_headers_kb,
             max_headers_count: config.max_headers_count,
             websocket: config.websocket,
+            limits,
+            guard,
+            underscores_http1: underscores("http1"),
+            underscores_http2: underscores("http2"),
         })
     }
 
     /// One request, start to response headers. The rest of the request's life is in the
-    /// returned body.
+    /// returned body. `verdict` is the guard's answer for a request head it replaced; an `Err`
+    /// resets the (HTTP/2) stream.
     pub async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         ds: Downstream,
-    ) -> Response<ResponseBody> {
+        conn: &Arc<ConnShared>,
+        verdict: Option<LocalReply>,
+    ) -> Result<Response<ResponseBody>, h2::Error> {
         let stats = &self.stats;
         stats.downstream_rq_total.increment(1);
         if req.version() == Version::HTTP_2 {
@@ -173,6 +240,15 @@ impl ConnectionManager {
             stats.downstream_rq_http1_total.increment(1);
         }
         stats.downstream_rq_active.increment(1.0);
+        let active = conn.stream_started();
+        let version = req.version();
+
+        if let Some(reply) = verdict {
+            let mut info = Box::new(StreamInfo::new(self.clone(), ds, protocol_name(version)));
+            info.active = Some(active);
+            self.capture_request(&mut info, "", "", None, &http::HeaderMap::new());
+            return Ok(self.local_reply(info, reply, version, false, false));
+        }
 
         // A WebSocket upgrade keeps its Upgrade/Connection headers for the upstream and takes the
         // downstream connection over once the upstream answers 101.
@@ -183,13 +259,47 @@ impl ConnectionManager {
             None
         };
         let (mut parts, body) = req.into_parts();
-        let version = parts.version;
         let grpc = grpc::is_grpc(&parts.headers);
         let mut info = Box::new(StreamInfo::new(self.clone(), ds, protocol_name(version)));
+        info.active = Some(active);
+        let underscores = if version == Version::HTTP_2 {
+            &self.underscores_http2
+        } else {
+            &self.underscores_http1
+        };
+        if let Err(v) = validation::check_request(&mut parts, &self.limits, underscores) {
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let authority = parts.uri.authority().map(|a| a.as_str());
+            self.capture_request(
+                &mut info,
+                parts.method.as_str(),
+                path,
+                authority,
+                &parts.headers,
+            );
+            return match v {
+                Verdict::Reply(reply) => {
+                    let mut resp = self.local_reply(info, reply, version, grpc, false);
+                    // The rest of an HTTP/1.1 connection that sent this is not trusted either.
+                    if version != Version::HTTP_2 {
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok(resp)
+                }
+                Verdict::Reset(reason) => {
+                    info.reset_locally("http2.invalid_header_field");
+                    Err(h2::Error::from(reason))
+                }
+            };
+        }
         self.edit_request_headers(&mut parts.headers, &ds);
         let on_upgrade = upgrade.map(|(on, value)| {
-            if let Some(v) = value {
-                parts.headers.insert(header::UPGRADE, v);
+            // Only the WebSocket token travels on (an `h2c` next to it must not).
+            if value.is_some() {
+                parts
+                    .headers
+                    .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             }
             parts
                 .headers
@@ -207,27 +317,17 @@ impl ConnectionManager {
             None => parts.uri.authority().map_or("", |a| a.as_str()),
         };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        if !self.access_logs.is_empty() {
-            let req_parts = RequestParts {
-                method: parts.method.as_str(),
-                path,
-                authority: (!authority.is_empty()).then_some(authority),
-                scheme: ds.scheme(),
-                headers: &parts.headers,
-            };
-            info.captured = self
-                .access_logs
-                .iter()
-                .map(|l| Captured {
-                    request: l.format.capture(&req_parts),
-                    response: Vec::new(),
-                })
-                .collect();
-        }
+        self.capture_request(
+            &mut info,
+            parts.method.as_str(),
+            path,
+            (!authority.is_empty()).then_some(authority),
+            &parts.headers,
+        );
 
         let Some((vi, ri)) = self.routes.find(authority, path) else {
             stats.no_route.increment(1);
-            return self.local_reply(info, LocalReply::NoRoute, version, grpc, false);
+            return Ok(self.local_reply(info, LocalReply::NoRoute, version, grpc, false));
         };
         info.route = Some((vi, ri));
         let route = &self.routes.virtual_hosts[vi].routes[ri];
@@ -236,7 +336,7 @@ impl ConnectionManager {
             Action::DirectResponse { status, body } => {
                 stats.rq_direct_response.increment(1);
                 info.details = "direct_response";
-                self.respond(info, *status, body.clone(), version)
+                Ok(self.respond(info, *status, body.clone(), version))
             }
             Action::Forward(fwd) => {
                 // gRPC clients state their deadline; the tighter of it and the route timeout wins.
@@ -249,24 +349,46 @@ impl ConnectionManager {
                     Some(d) if fwd.timeout.is_zero() || d < fwd.timeout => Some(d),
                     _ => None,
                 };
-                match router::forward::forward(
-                    &mut info,
-                    &route.path_match,
-                    fwd,
-                    parts,
-                    body,
-                    timeout,
+                let progress = info.request.clone();
+                let start = info.start;
+                let sent = stream_timers(
+                    router::forward::forward(
+                        &mut info,
+                        &route.path_match,
+                        fwd,
+                        parts,
+                        body,
+                        timeout,
+                    ),
+                    &self.limits,
+                    start,
+                    &progress,
                 )
-                .await
-                {
-                    Ok((resp, upstream, host)) => {
+                .await;
+                Ok(match sent {
+                    Ok(Ok((resp, upstream, host))) => {
                         self.upstream_response(info, resp, upstream, host, version, on_upgrade)
                     }
-                    Err(reply) => {
+                    Ok(Err(reply)) => {
+                        // The downstream broke the request body: its fault, not the upstream's.
+                        let reply = if progress.failed.load(Ordering::Acquire) {
+                            stats.downstream_cx_protocol_error.increment(1);
+                            LocalReply::DownstreamProtocolError {
+                                status: 400,
+                                details: if version == Version::HTTP_2 {
+                                    "http2.codec_error"
+                                } else {
+                                    "http1.codec_error"
+                                },
+                            }
+                        } else {
+                            reply
+                        };
                         let deadline = timeout.is_some() && reply == LocalReply::UpstreamTimeout;
                         self.local_reply(info, reply, version, grpc, deadline)
                     }
-                }
+                    Err(reply) => self.local_reply(info, reply, version, grpc, false),
+                })
             }
         }
     }
@@ -363,6 +485,34 @@ impl ConnectionManager {
         });
     }
 
+    fn capture_request(
+        &self,
+        info: &mut StreamInfo,
+        method: &str,
+        path: &str,
+        authority: Option<&str>,
+        headers: &http::HeaderMap,
+    ) {
+        if self.access_logs.is_empty() {
+            return;
+        }
+        let req_parts = RequestParts {
+            method,
+            path,
+            authority,
+            scheme: info.downstream.scheme(),
+            headers,
+        };
+        info.captured = self
+            .access_logs
+            .iter()
+            .map(|l| Captured {
+                request: l.format.capture(&req_parts),
+                response: Vec::new(),
+            })
+            .collect();
+    }
+
     fn local_reply(
         &self,
         mut info: Box<StreamInfo>,
@@ -371,6 +521,16 @@ impl ConnectionManager {
         grpc: bool,
         grpc_deadline: bool,
     ) -> Response<ResponseBody> {
+        match reply {
+            LocalReply::RequestHeaderTimeout => {
+                self.stats.downstream_rq_header_timeout.increment(1)
+            }
+            LocalReply::RequestTimeout { .. } => self.stats.downstream_rq_timeout.increment(1),
+            LocalReply::StreamIdleTimeout { .. } => {
+                self.stats.downstream_rq_idle_timeout.increment(1)
+            }
+            _ => {}
+        }
         info.flags.set(reply.flag());
         info.details = reply.details();
         let reason = reply.transport_failure_reason();
@@ -515,6 +675,54 @@ impl Drop for ConnectionStats {
     }
 }
 
+/// The stream's own timers until the upstream's response headers: `request_timeout` (until the
+/// request has arrived whole) and `stream_idle_timeout` (reset by request body progress).
+async fn stream_timers<F: Future>(
+    fut: F,
+    limits: &DownstreamLimits,
+    start: Instant,
+    progress: &super::body::RequestProgress,
+) -> Result<F::Output, LocalReply> {
+    tokio::pin!(fut);
+    let request_deadline = limits.request_timeout.map(|d| start + d);
+    let mut seen = progress.bytes.load(Ordering::Relaxed);
+    let mut idle_deadline = limits.stream_idle_timeout.map(|d| Instant::now() + d);
+    loop {
+        let complete = progress.is_done();
+        let next = match (request_deadline.filter(|_| !complete), idle_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(next) = next else {
+            return Ok(fut.await);
+        };
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+        let now = Instant::now();
+        let complete = progress.is_done();
+        if let Some(d) = request_deadline {
+            if !complete && now >= d {
+                return Err(LocalReply::RequestTimeout { complete });
+            }
+        }
+        if let (Some(d), Some(idle)) = (idle_deadline, limits.stream_idle_timeout) {
+            if now >= d {
+                let cur = progress.bytes.load(Ordering::Relaxed);
+                if cur == seen {
+                    return Err(LocalReply::StreamIdleTimeout { complete });
+                }
+                seen = cur;
+                idle_deadline = Some(now + idle);
+            }
+        }
+    }
+}
+
+/// How long a connection closed for idleness may take to finish (Envoy's `drain_timeout`).
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// Serve one downstream connection until it closes, with the codec the connection manager is
 /// configured for. When `drain` fires, in-flight requests finish and the connection closes
 /// (HTTP/1.1: `Connection: close` on the response in flight, idle connections at once; HTTP/2:
@@ -522,6 +730,9 @@ impl Drop for ConnectionStats {
 ///
 /// `alpn` is the protocol TLS negotiated, if any: `h2` or `http/1.1` fixes the codec, as Envoy's
 /// AUTO codec does with ALPN.
+///
+/// The connection runs behind a [`Guard`] (framing, limits, floods, slow peers) and is closed
+/// after `idle_timeout` without a request in flight.
 pub async fn serve<I>(
     cm: Arc<ConnectionManager>,
     io: I,
@@ -532,53 +743,134 @@ pub async fn serve<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn_stats = Arc::new(ConnectionStats::open(cm.clone()));
-    let svc_cm = cm.clone();
-    let svc = service_fn(move |req: Request<Incoming>| {
-        conn_stats.saw(req.version());
-        let cm = svc_cm.clone();
-        async move { Ok::<_, Infallible>(cm.handle(req, ds).await) }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let shared = ConnShared::new();
+    // A dropped sender is not a drain request: it never resolves then.
+    let drain = async move {
+        if drain.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(drain);
+    let idle = {
+        let shared = shared.clone();
+        let limit = cm.limits.idle_timeout;
+        async move {
+            match limit {
+                Some(d) => guard::idle_timeout(shared, d).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    tokio::pin!(idle);
+
+    let mut guard = Guard::new(io, cm.guard.clone(), shared.clone());
     let codec = match (cm.codec, alpn) {
         (CodecType::Auto, Some(b"h2")) => CodecType::Http2,
         (CodecType::Auto, Some(b"http/1.1")) => CodecType::Http1,
         (c, _) => c,
     };
-    match codec {
-        CodecType::Http1 => builder = builder.http1_only(),
-        CodecType::Http2 => builder = builder.http2_only(),
-        CodecType::Auto => {}
-    }
+    let protocol = match codec {
+        CodecType::Http1 => Protocol::Http1,
+        CodecType::Http2 => Protocol::Http2,
+        CodecType::Auto => {
+            let detected = tokio::select! {
+                p = guard.detect() => p,
+                _ = &mut drain => {
+                    cm.stats.downstream_cx_drain_close.increment(1);
+                    return;
+                }
+                _ = &mut idle => {
+                    cm.stats.downstream_cx_idle_timeout.increment(1);
+                    return;
+                }
+            };
+            match detected {
+                Ok(p) => p,
+                Err(_) => return,
+            }
+        }
+    };
+    guard.set_protocol(protocol);
+
+    let svc_cm = cm.clone();
+    let svc_shared = shared.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        conn_stats.saw(req.version());
+        let cm = svc_cm.clone();
+        let shared = svc_shared.clone();
+        let verdict = shared.next_request();
+        // The guard holds the bytes after an upgrade (or CONNECT) request until this answer says
+        // whether they belong to a tunnel.
+        let upgrade = req.version() != Version::HTTP_2
+            && (req.headers().contains_key(header::UPGRADE)
+                || req.method() == http::Method::CONNECT);
+        async move {
+            let resp = cm.handle(req, ds, &shared, verdict).await;
+            if upgrade {
+                let tunnel = resp.as_ref().is_ok_and(|r| {
+                    r.status() == StatusCode::SWITCHING_PROTOCOLS || r.status().is_success()
+                });
+                shared.upgrade_decided(tunnel);
+            }
+            resp
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder = match protocol {
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+    };
     builder
         .http1()
         .timer(TokioTimer::new())
+        // The guard times request heads (and answers 408); hyper's own timer would close
+        // silently.
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_headers(cm.max_headers_count as usize)
-        // hyper answers 431 when a request head outgrows its read buffer.
-        .max_buf_size((cm.max_request_headers_kb as usize * 1024).max(8192));
+        // The guard passes only complete, checked heads; this is hyper's backstop.
+        .max_buf_size((cm.max_request_headers_kb as usize * 1024 + 16 * 1024).max(8192));
     let h2 = cm.http2;
     let mut h2b = builder.http2();
     h2b.timer(TokioTimer::new())
         .max_concurrent_streams(h2.max_concurrent_streams)
         .initial_stream_window_size(h2.initial_stream_window_size)
         .initial_connection_window_size(h2.initial_connection_window_size)
-        .max_header_list_size(cm.max_request_headers_kb * 1024);
+        .max_header_list_size(cm.max_request_headers_kb * 1024)
+        // Rapid Reset: streams reset before they were accepted; MadeYouReset: streams legate
+        // had to reset because the client broke the protocol. Either over its limit is a
+        // GOAWAY (ENHANCE_YOUR_CALM), counted as downstream_rq_too_many_premature_resets.
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
     if let Some((interval, timeout)) = h2.keepalive {
         h2b.keep_alive_interval(interval)
             .keep_alive_timeout(timeout);
     }
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(guard), svc);
     tokio::pin!(conn);
-    tokio::pin!(drain);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        signal = &mut drain => {
-            // A dropped sender is not a drain request; keep serving.
-            if signal.is_ok() {
+    let mut closing = false;
+    let mut grace: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+        Box::pin(std::future::pending());
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = &mut drain, if !closing => {
+                closing = true;
                 cm.stats.downstream_cx_drain_close.increment(1);
                 conn.as_mut().graceful_shutdown();
             }
+            _ = &mut idle, if !closing => {
+                closing = true;
+                cm.stats.downstream_cx_idle_timeout.increment(1);
+                conn.as_mut().graceful_shutdown();
+                grace = Box::pin(tokio::time::sleep(IDLE_CLOSE_GRACE));
+            }
+            _ = &mut grace => return,
         }
     }
-    let _ = conn.await;
 }
+
+/// h2's limit on streams the client resets before they are accepted (its default is 20).
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 100;
+/// h2's limit on streams reset because the client broke the protocol on them (its default).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;

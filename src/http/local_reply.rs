@@ -20,6 +20,16 @@ pub enum LocalReply {
     UpstreamProtocolError,
     /// The upstream reset the stream (HTTP/2 RST_STREAM) before response headers.
     RemoteReset,
+    /// The downstream broke the protocol (framing, limits): 400, 414, 431 or 501.
+    DownstreamProtocolError { status: u16, details: &'static str },
+    /// A well-formed request legate refuses (missing or conflicting Host, underscores).
+    BadRequest(&'static str),
+    /// `request_headers_timeout`: the request head did not arrive in time.
+    RequestHeaderTimeout,
+    /// `request_timeout`: the request did not arrive whole in time (504 if it did meanwhile).
+    RequestTimeout { complete: bool },
+    /// `stream_idle_timeout` before response headers (504 if the request was complete).
+    StreamIdleTimeout { complete: bool },
 }
 
 impl LocalReply {
@@ -32,6 +42,17 @@ impl LocalReply {
             | LocalReply::RemoteReset => 503,
             LocalReply::UpstreamTimeout => 504,
             LocalReply::UpstreamProtocolError => 502,
+            LocalReply::DownstreamProtocolError { status, .. } => *status,
+            LocalReply::BadRequest(_) => 400,
+            LocalReply::RequestHeaderTimeout => 408,
+            LocalReply::RequestTimeout { complete }
+            | LocalReply::StreamIdleTimeout { complete } => {
+                if *complete {
+                    504
+                } else {
+                    408
+                }
+            }
         }
     }
 
@@ -44,6 +65,11 @@ impl LocalReply {
             LocalReply::UpstreamTimeout => ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
             LocalReply::UpstreamProtocolError => ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
             LocalReply::RemoteReset => ResponseFlags::UPSTREAM_REMOTE_RESET,
+            LocalReply::DownstreamProtocolError { .. } => ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            LocalReply::StreamIdleTimeout { .. } => ResponseFlags::STREAM_IDLE_TIMEOUT,
+            LocalReply::BadRequest(_)
+            | LocalReply::RequestHeaderTimeout
+            | LocalReply::RequestTimeout { .. } => ResponseFlags::default(),
         }
     }
 
@@ -63,6 +89,11 @@ impl LocalReply {
             LocalReply::UpstreamProtocolError => {
                 "upstream_reset_before_response_started{protocol_error}"
             }
+            LocalReply::DownstreamProtocolError { details, .. } => details,
+            LocalReply::BadRequest(details) => details,
+            LocalReply::RequestHeaderTimeout => "request_header_timeout",
+            LocalReply::RequestTimeout { .. } => "request_overall_timeout",
+            LocalReply::StreamIdleTimeout { .. } => "stream_idle_timeout",
         }
     }
 
@@ -92,6 +123,10 @@ impl LocalReply {
             LocalReply::RemoteReset => Bytes::from_static(
                 b"upstream connect error or disconnect/reset before headers. reset reason: remote reset",
             ),
+            LocalReply::DownstreamProtocolError { .. } | LocalReply::BadRequest(_) => Bytes::new(),
+            LocalReply::RequestHeaderTimeout => Bytes::from_static(b"request header timeout"),
+            LocalReply::RequestTimeout { .. } => Bytes::from_static(b"request timeout"),
+            LocalReply::StreamIdleTimeout { .. } => Bytes::from_static(b"stream timeout"),
         }
     }
 }

@@ -9,8 +9,10 @@
 pub mod body;
 pub mod connection_manager;
 pub mod grpc;
+pub mod guard;
 pub mod headers;
 pub mod local_reply;
 pub mod response_flags;
 pub mod router;
 pub mod stream_info;
+pub mod validation;

@@ -18,9 +18,11 @@ impl ResponseFlags {
     pub const DOWNSTREAM_CONNECTION_TERMINATION: Self = Self(1 << 9);
     pub const UPSTREAM_PROTOCOL_ERROR: Self = Self(1 << 10);
     pub const NO_CLUSTER_FOUND: Self = Self(1 << 11);
+    pub const STREAM_IDLE_TIMEOUT: Self = Self(1 << 12);
+    pub const DOWNSTREAM_PROTOCOL_ERROR: Self = Self(1 << 13);
 
     /// Envoy's short names, in Envoy's order.
-    const NAMES: [(Self, &'static str); 12] = [
+    const NAMES: [(Self, &'static str); 14] = [
         (Self::FAILED_LOCAL_HEALTH_CHECK, "LH"),
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
         (Self::UPSTREAM_REQUEST_TIMEOUT, "UT"),
@@ -31,6 +33,8 @@ impl ResponseFlags {
         (Self::UPSTREAM_OVERFLOW, "UO"),
         (Self::NO_ROUTE_FOUND, "NR"),
         (Self::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
+        (Self::STREAM_IDLE_TIMEOUT, "SI"),
+        (Self::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
         (Self::UPSTREAM_PROTOCOL_ERROR, "UPE"),
         (Self::NO_CLUSTER_FOUND, "NC"),
     ];

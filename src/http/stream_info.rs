@@ -3,6 +3,7 @@
 
 use super::body::RequestProgress;
 use super::connection_manager::{ConnectionManager, Downstream};
+use super::guard::ActiveStream;
 use super::response_flags::ResponseFlags;
 use crate::cluster::{Cluster, Host};
 use crate::observe::access_log::{Captured, Entry};
@@ -28,6 +29,11 @@ pub struct StreamInfo {
     pub bytes_sent: u64,
     /// One per configured access log.
     pub captured: Vec<Captured>,
+    /// Keeps the connection from idling out while the stream lives.
+    pub active: Option<ActiveStream>,
+    /// legate reset the stream (timeout, framing) rather than the client.
+    pub local_reset: bool,
+    finished: bool,
 }
 
 impl StreamInfo {
@@ -48,7 +54,25 @@ impl StreamInfo {
             request: Arc::default(),
             bytes_sent: 0,
             captured: Vec::new(),
+            active: None,
+            local_reset: false,
+            finished: false,
         }
+    }
+
+    /// `stream_idle_timeout` fired after response headers: the stream is reset.
+    pub fn stream_idle_timeout(&mut self) {
+        self.flags.set(ResponseFlags::STREAM_IDLE_TIMEOUT);
+        self.details = "stream_idle_timeout";
+        self.local_reset = true;
+        self.cm.stats.downstream_rq_idle_timeout.increment(1);
+    }
+
+    /// legate resets the stream without a response (HTTP/2 RST_STREAM).
+    pub fn reset_locally(&mut self, details: &'static str) {
+        self.details = details;
+        self.local_reset = true;
+        self.finish(false);
     }
 
     /// The upstream reset while the response body was streaming.
@@ -62,7 +86,18 @@ impl StreamInfo {
 
     /// Called exactly once, by the response body, when the request is over.
     pub fn finish(&mut self, complete: bool) {
-        if !complete && !self.flags.contains(ResponseFlags::UPSTREAM_REMOTE_RESET) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        if !complete && self.local_reset {
+            self.cm.stats.downstream_rq_tx_reset.increment(1);
+        } else if !complete && !self.flags.contains(ResponseFlags::UPSTREAM_REMOTE_RESET) {
+            self.cm.stats.downstream_rq_rx_reset.increment(1);
+        }
+        if !complete
+            && !self.local_reset
+            && !self.flags.contains(ResponseFlags::UPSTREAM_REMOTE_RESET)
+        {
             // The response did not reach its end and the upstream did not cause it: the
             // downstream went away.
             self.flags
@@ -78,15 +113,7 @@ impl StreamInfo {
         cm.stats.downstream_rq_completed.increment(1);
         cm.stats.downstream_rq.record(self.status);
         cm.stats.downstream_rq_time.record_value(ms);
-        if self.protocol == "HTTP/2" && !complete {
-            // An unfinished HTTP/2 response was either reset by the client (its RST_STREAM, or
-            // the connection went) or by legate, passing on an upstream reset.
-            if self.flags.contains(ResponseFlags::UPSTREAM_REMOTE_RESET) {
-                cm.stats.http2_tx_reset.increment(1);
-            } else {
-                cm.stats.http2_rx_reset.increment(1);
-            }
-        }
+        // `http2.rx_reset` / `tx_reset` count RST_STREAM frames: the connection's guard does.
         if let Some((cluster, host)) = &self.upstream {
             let s = &cluster.stats;
             s.upstream_rq_active.decrement(1.0);
@@ -113,6 +140,8 @@ impl StreamInfo {
         if !cm.access_logs.is_empty() {
             self.write_access_logs(elapsed);
         }
+        // The connection may idle from now on.
+        self.active = None;
     }
 
     fn write_access_logs(&self, duration: std::time::Duration) {
@@ -143,5 +172,13 @@ impl StreamInfo {
         for (log, captured) in self.cm.access_logs.iter().zip(&self.captured) {
             log.log(&entry, captured);
         }
+    }
+}
+
+impl Drop for StreamInfo {
+    /// A stream dropped before its response began (the client reset it, or the connection
+    /// closed) is finished here, so its stats and access log are never lost.
+    fn drop(&mut self) {
+        self.finish(false);
     }
 }

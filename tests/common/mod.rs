@@ -8,6 +8,8 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod raw;
+
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};

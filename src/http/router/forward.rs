@@ -105,7 +105,14 @@ async fn send(
         adapt_to_upstream(&mut req, conn.is_http2(), host);
         info.upstream_start = Some(Instant::now());
         let mut err = match conn.send(req).await {
-            Ok(resp) => return Ok((resp, conn.upstream)),
+            Ok(resp) => {
+                if let Err(why) = check_response(&resp) {
+                    // The connection is dropped with the response, never reused.
+                    tracing::debug!("malformed upstream response: {why}");
+                    return Err(LocalReply::UpstreamProtocolError);
+                }
+                return Ok((resp, conn.upstream));
+            }
             Err(e) => e,
         };
         let last = attempt == UPSTREAM_ATTEMPTS;
@@ -136,6 +143,39 @@ async fn send(
 /// A connection that turns out closed, or an HTTP/2 stream refused before processing, is
 /// replaced this many times in all before the request fails.
 const UPSTREAM_ATTEMPTS: usize = 3;
+
+/// Envoy's default `max_headers_count` for responses, and its `max_response_headers_kb` for
+/// HTTP/1 responses (80 KiB; HTTP/2 responses are already held to 60 KiB by SETTINGS).
+const MAX_RESPONSE_HEADERS: usize = 100;
+const MAX_RESPONSE_HEADER_BYTES: usize = 80 * 1024;
+
+/// What hyper's client accepts but a proxy must not pass on: `Content-Length` with
+/// `Transfer-Encoding`, a transfer coding other than `chunked`, too many or too large headers.
+fn check_response(resp: &Response<Incoming>) -> Result<(), &'static str> {
+    let h = resp.headers();
+    if let Some(te) = h.get(header::TRANSFER_ENCODING) {
+        if h.contains_key(header::CONTENT_LENGTH) {
+            return Err("content-length with transfer-encoding");
+        }
+        let mut all = h.get_all(header::TRANSFER_ENCODING).iter();
+        let _ = te;
+        let only_chunked = all
+            .next()
+            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+            && all.next().is_none();
+        if !only_chunked {
+            return Err("transfer-encoding other than chunked");
+        }
+    }
+    if h.len() > MAX_RESPONSE_HEADERS {
+        return Err("too many headers");
+    }
+    let size: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size > MAX_RESPONSE_HEADER_BYTES {
+        return Err("headers too large");
+    }
+    Ok(())
+}
 
 /// The HTTP/2 error that says the upstream never processed the stream (RFC 9113 §8.7).
 fn refused_stream(err: &hyper::Error) -> bool {
