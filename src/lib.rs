@@ -10,6 +10,7 @@ pub mod admin;
 pub mod bootstrap;
 pub mod cluster;
 pub mod http;
+pub mod latch;
 pub mod listener;
 pub mod network;
 pub mod observe;

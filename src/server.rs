@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -76,8 +75,7 @@ pub struct ServerContext {
     pub active_connections: AtomicUsize,
     /// The actor of every open downstream connection; outlives ListenerManager restarts.
     pub connections: ConnectionRegistry,
-    shutdown: Notify,
-    shutdown_requested: std::sync::atomic::AtomicBool,
+    shutdown: crate::latch::Latch,
     /// The root of the actor tree, for admin commands (set once it has started).
     root: std::sync::OnceLock<ActorRef<RootMsg>>,
 }
@@ -99,8 +97,7 @@ impl ServerContext {
 
     /// `/quitquitquit`: ask whoever runs the server to shut it down.
     pub fn request_shutdown(&self) {
-        self.shutdown_requested.store(true, Ordering::Release);
-        self.shutdown.notify_waiters();
+        self.shutdown.set();
     }
 
     /// `/drain_listeners`: stop accepting and drain every connection; the process keeps running.
@@ -112,16 +109,7 @@ impl ServerContext {
     }
 
     pub async fn shutdown_requested(&self) {
-        loop {
-            let notified = self.shutdown.notified();
-            let mut notified = std::pin::pin!(notified);
-            // Registered before the check, so a request in between is not missed.
-            notified.as_mut().enable();
-            if self.shutdown_requested.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        self.shutdown.wait().await
     }
 }
 
@@ -185,8 +173,7 @@ impl Server {
             state: AtomicU8::new(State::Initializing as u8),
             active_connections: AtomicUsize::new(0),
             connections: ConnectionRegistry::default(),
-            shutdown: Notify::new(),
-            shutdown_requested: Default::default(),
+            shutdown: Default::default(),
             root: Default::default(),
         });
         ctx.set_state(State::Initializing);

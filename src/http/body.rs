@@ -21,38 +21,25 @@ use tokio::time::Sleep;
 #[derive(Default)]
 pub struct RequestProgress {
     pub bytes: AtomicU64,
-    done: AtomicBool,
+    done: crate::latch::Latch,
     /// The downstream broke the body (framing, reset): the upstream request is aborted with it,
     /// and its connection is not reused.
     pub failed: AtomicBool,
-    notify: tokio::sync::Notify,
 }
 
 impl RequestProgress {
     /// The whole request body has been read.
     pub fn is_done(&self) -> bool {
-        self.done.load(Ordering::Acquire)
+        self.done.is_set()
     }
 
     fn finish(&self) {
-        // Release pairs with the Acquire in `finished`.
-        if !self.done.swap(true, Ordering::Release) {
-            self.notify.notify_waiters();
-        }
+        self.done.set();
     }
 
     /// Resolves once the whole request body has been read.
     pub async fn finished(&self) {
-        loop {
-            let notified = self.notify.notified();
-            let mut notified = std::pin::pin!(notified);
-            // Registered before the check, so a finish in between is not missed.
-            notified.as_mut().enable();
-            if self.done.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        self.done.wait().await
     }
 }
 

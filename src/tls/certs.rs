@@ -20,6 +20,22 @@ pub fn parse_key(pem: &str) -> Result<PrivateKeyDer<'static>, String> {
         .map_err(|e| format!("invalid PEM private key: {e}"))
 }
 
+/// A `trusted_ca` bundle as a root store, with what `/certs` shows about its first certificate.
+pub fn root_store(
+    pem: &str,
+    source: &str,
+) -> Result<(rustls::RootCertStore, Option<CertInfo>), String> {
+    let cas = parse_chain(pem)?;
+    let info = inspect(&cas[0], source).ok();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots
+            .add(ca)
+            .map_err(|e| format!("unusable CA certificate: {e}"))?;
+    }
+    Ok((roots, info))
+}
+
 /// What `/certs` shows about one certificate.
 #[derive(Debug, Clone)]
 pub struct CertInfo {

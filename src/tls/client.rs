@@ -41,15 +41,13 @@ impl ClientTls {
         let mut ca_info = None;
         let roots = match &s.trusted_ca {
             Some((pem, source)) => {
-                let path = "common_tls_context.validation_context.trusted_ca".to_string();
-                let cas = certs::parse_chain(pem).map_err(|e| (path.clone(), e))?;
-                ca_info = certs::inspect(&cas[0], source).ok();
-                let mut roots = RootCertStore::empty();
-                for ca in cas {
-                    roots
-                        .add(ca)
-                        .map_err(|e| (path.clone(), format!("unusable CA certificate: {e}")))?;
-                }
+                let (roots, info) = certs::root_store(pem, source).map_err(|e| {
+                    (
+                        "common_tls_context.validation_context.trusted_ca".to_string(),
+                        e,
+                    )
+                })?;
+                ca_info = info;
                 Some(Arc::new(roots))
             }
             None => None,

@@ -6,9 +6,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    DigitallySignedStruct, DistinguishedName, Error, RootCertStore, ServerConfig, SignatureScheme,
-};
+use rustls::{DigitallySignedStruct, DistinguishedName, Error, ServerConfig, SignatureScheme};
 use std::sync::Arc;
 
 /// A listener's TLS: the rustls config and what `/certs` reports.
@@ -76,14 +74,9 @@ impl ServerTls {
         let builder = match &s.trusted_ca {
             Some((pem, source)) => {
                 let path = "common_tls_context.validation_context.trusted_ca".to_string();
-                let cas = certs::parse_chain(pem).map_err(|e| (path.clone(), e))?;
-                ca_info = certs::inspect(&cas[0], source).ok();
-                let mut roots = RootCertStore::empty();
-                for ca in cas {
-                    roots
-                        .add(ca)
-                        .map_err(|e| (path.clone(), format!("unusable CA certificate: {e}")))?;
-                }
+                let (roots, info) =
+                    certs::root_store(pem, source).map_err(|e| (path.clone(), e))?;
+                ca_info = info;
                 let mut vb =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
                 if !s.require_client_certificate {
