@@ -148,15 +148,6 @@ impl EndpointPool {
         }
     }
 
-    pub fn idle_count(&self) -> usize {
-        self.idle_len.load(Ordering::Relaxed)
-    }
-
-    /// HTTP/2 connections currently published (admin and tests).
-    pub fn http2_connections(&self) -> usize {
-        self.h2.load().len()
-    }
-
     /// A connection for a request whose downstream spoke HTTP/2 (`downstream_h2`), following the
     /// cluster's protocol choice.
     pub async fn checkout(

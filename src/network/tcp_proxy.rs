@@ -114,9 +114,7 @@ pub(crate) fn parse(
 /// `tcp.<stat_prefix>.*`.
 struct TcpProxyStats {
     downstream_cx_total: Counter,
-    downstream_cx_no_route: Counter,
     idle_timeout: Counter,
-    upstream_flush_total: Counter,
 }
 
 pub struct TcpProxy {
@@ -152,9 +150,7 @@ impl TcpProxy {
             idle_timeout: cfg.idle_timeout,
             stats: TcpProxyStats {
                 downstream_cx_total: stats.counter(format!("{p}downstream_cx_total")),
-                downstream_cx_no_route: stats.counter(format!("{p}downstream_cx_no_route")),
                 idle_timeout: stats.counter(format!("{p}idle_timeout")),
-                upstream_flush_total: stats.counter(format!("{p}upstream_flush_total")),
             },
         })
     }
@@ -180,8 +176,9 @@ impl TcpProxy {
         self.stats.downstream_cx_total.increment(1);
         let cluster = self.pick_cluster();
         let Some(host) = cluster.pick() else {
+            // Envoy counts this on the cluster; `downstream_cx_no_route` is for a missing route
+            // or cluster, which validation rules out for static config.
             cluster.stats.upstream_cx_none_healthy.increment(1);
-            self.stats.downstream_cx_no_route.increment(1);
             return;
         };
         let Ok((mut upstream, _active)) = host.pool.connect_raw(cluster, &host).await else {
@@ -192,7 +189,6 @@ impl TcpProxy {
         }
         let _ = upstream.shutdown().await;
         let _ = downstream.shutdown().await;
-        let _ = &self.stats.upstream_flush_total;
     }
 }
 
