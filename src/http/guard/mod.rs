@@ -33,6 +33,7 @@ use metrics::Counter;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -314,9 +315,10 @@ where
 
     /// One read from the socket into `rbuf`; sets `eof`.
     fn read_socket(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<()>> {
-        let mut tmp = [0u8; READ_CHUNK];
+        // Uninitialised scratch: zeroing 16 KiB on every read would cost more than the read.
+        let mut tmp = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let max = max.clamp(1, READ_CHUNK);
-        let mut rb = ReadBuf::new(&mut tmp[..max]);
+        let mut rb = ReadBuf::uninit(&mut tmp[..max]);
         match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => {
                 if rb.filled().is_empty() {
@@ -424,8 +426,8 @@ where
                 // Fast path: body bytes straight from the socket.
                 H1::Body(left) if self.rbuf.is_empty() && !self.eof => {
                     let max = (left.min(buf.remaining() as u64) as usize).min(READ_CHUNK);
-                    let mut tmp = [0u8; READ_CHUNK];
-                    let mut rb = ReadBuf::new(&mut tmp[..max.max(1)]);
+                    let mut tmp = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                    let mut rb = ReadBuf::uninit(&mut tmp[..max.max(1)]);
                     match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
                         Poll::Ready(Ok(())) => {
                             let n = rb.filled().len();
@@ -749,9 +751,9 @@ where
         } else {
             t.rd.to_boundary().max(1)
         };
-        let mut tmp = [0u8; READ_CHUNK];
+        let mut tmp = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let max = limit.min(READ_CHUNK).min(buf.remaining()).max(1);
-        let mut rb = ReadBuf::new(&mut tmp[..max]);
+        let mut rb = ReadBuf::uninit(&mut tmp[..max]);
         match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => {
                 let filled = rb.filled();
@@ -797,8 +799,8 @@ where
                     self.linger = Linger::Draining(Box::pin(tokio::time::sleep(LINGER)), 0);
                 }
                 Linger::Draining(sleep, discarded) => {
-                    let mut tmp = [0u8; READ_CHUNK];
-                    let mut rb = ReadBuf::new(&mut tmp);
+                    let mut tmp = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                    let mut rb = ReadBuf::uninit(&mut tmp);
                     match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
                         Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
                             *discarded += rb.filled().len();
