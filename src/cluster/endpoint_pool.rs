@@ -186,7 +186,9 @@ impl EndpointPool {
                 });
             }
         }
-        self.connect_h1(cluster, host).await
+        // Dialing (TCP, TLS, handshake) is a large future; boxed, it costs an allocation on the
+        // rare path instead of making every request's future (moved on each poll setup) as big.
+        Box::pin(self.connect_h1(cluster, host)).await
     }
 
     fn try_h2(&self) -> Option<H2Stream> {
@@ -213,7 +215,7 @@ impl EndpointPool {
                 reused: true,
             });
         }
-        let conn = self.connect_h2(cluster, host, settings).await?;
+        let conn = Box::pin(self.connect_h2(cluster, host, settings)).await?;
         let stream = conn.try_acquire();
         self.h2.rcu(|conns| {
             let mut next: Vec<Arc<H2Conn>> = conns
