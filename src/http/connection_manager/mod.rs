@@ -1,6 +1,10 @@
 //! `envoy.filters.network.http_connection_manager`: runs the HTTP/1.1 codec on a downstream
 //! connection and takes each request through routing to a local reply or the router filter.
 
+mod serve;
+
+pub use serve::serve;
+
 use super::body::ResponseBody;
 use super::grpc;
 use super::guard::{self, ConnShared, Guard, GuardConfig, GuardStats, Protocol};
@@ -611,73 +615,9 @@ fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
 }
 
-const PROTO_UNKNOWN: u8 = 0;
-const PROTO_HTTP1: u8 = 1;
-const PROTO_HTTP2: u8 = 2;
-
-/// Counts the connection in `http.<prefix>.downstream_cx_*` for as long as it lives. With
-/// `codec_type: AUTO` the protocol is known at the first request, so the per-protocol counters
-/// are taken then.
-struct ConnectionStats {
-    cm: Arc<ConnectionManager>,
-    proto: AtomicU8,
-}
-
-impl ConnectionStats {
-    fn open(cm: Arc<ConnectionManager>) -> Self {
-        cm.stats.downstream_cx_total.increment(1);
-        cm.stats.downstream_cx_active.increment(1.0);
-        ConnectionStats {
-            cm,
-            proto: AtomicU8::new(PROTO_UNKNOWN),
-        }
-    }
-
-    fn saw(&self, version: Version) {
-        if self.proto.load(Ordering::Relaxed) != PROTO_UNKNOWN {
-            return;
-        }
-        let (p, total, active) = if version == Version::HTTP_2 {
-            (
-                PROTO_HTTP2,
-                &self.cm.stats.downstream_cx_http2_total,
-                &self.cm.stats.downstream_cx_http2_active,
-            )
-        } else {
-            (
-                PROTO_HTTP1,
-                &self.cm.stats.downstream_cx_http1_total,
-                &self.cm.stats.downstream_cx_http1_active,
-            )
-        };
-        // Only the first request of the connection records the protocol.
-        if self
-            .proto
-            .compare_exchange(PROTO_UNKNOWN, p, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            total.increment(1);
-            active.increment(1.0);
-        }
-    }
-}
-
-impl Drop for ConnectionStats {
-    fn drop(&mut self) {
-        let s = &self.cm.stats;
-        s.downstream_cx_active.decrement(1.0);
-        s.downstream_cx_destroy.increment(1);
-        match self.proto.load(Ordering::Relaxed) {
-            PROTO_HTTP1 => s.downstream_cx_http1_active.decrement(1.0),
-            PROTO_HTTP2 => s.downstream_cx_http2_active.decrement(1.0),
-            _ => {}
-        }
-    }
-}
-
 /// The stream's own timers until the upstream's response headers: `request_timeout` (until the
 /// request has arrived whole) and `stream_idle_timeout` (reset by request body progress).
-async fn stream_timers<F: Future>(
+pub(super) async fn stream_timers<F: Future>(
     fut: F,
     limits: &DownstreamLimits,
     start: Instant,
@@ -719,158 +659,3 @@ async fn stream_timers<F: Future>(
         }
     }
 }
-
-/// How long a connection closed for idleness may take to finish (Envoy's `drain_timeout`).
-const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// Serve one downstream connection until it closes, with the codec the connection manager is
-/// configured for. When `drain` fires, in-flight requests finish and the connection closes
-/// (HTTP/1.1: `Connection: close` on the response in flight, idle connections at once; HTTP/2:
-/// GOAWAY, then close when the open streams are done).
-///
-/// `alpn` is the protocol TLS negotiated, if any: `h2` or `http/1.1` fixes the codec, as Envoy's
-/// AUTO codec does with ALPN.
-///
-/// The connection runs behind a [`Guard`] (framing, limits, floods, slow peers) and is closed
-/// after `idle_timeout` without a request in flight.
-pub async fn serve<I>(
-    cm: Arc<ConnectionManager>,
-    io: I,
-    ds: Downstream,
-    drain: tokio::sync::oneshot::Receiver<()>,
-    alpn: Option<&[u8]>,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let conn_stats = Arc::new(ConnectionStats::open(cm.clone()));
-    let shared = ConnShared::new();
-    // A dropped sender is not a drain request: it never resolves then.
-    let drain = async move {
-        if drain.await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::pin!(drain);
-    let idle = {
-        let shared = shared.clone();
-        let limit = cm.limits.idle_timeout;
-        async move {
-            match limit {
-                Some(d) => guard::idle_timeout(shared, d).await,
-                None => std::future::pending().await,
-            }
-        }
-    };
-    tokio::pin!(idle);
-
-    let mut guard = Guard::new(io, cm.guard.clone(), shared.clone());
-    let codec = match (cm.codec, alpn) {
-        (CodecType::Auto, Some(b"h2")) => CodecType::Http2,
-        (CodecType::Auto, Some(b"http/1.1")) => CodecType::Http1,
-        (c, _) => c,
-    };
-    let protocol = match codec {
-        CodecType::Http1 => Protocol::Http1,
-        CodecType::Http2 => Protocol::Http2,
-        CodecType::Auto => {
-            let detected = tokio::select! {
-                p = guard.detect() => p,
-                _ = &mut drain => {
-                    cm.stats.downstream_cx_drain_close.increment(1);
-                    return;
-                }
-                _ = &mut idle => {
-                    cm.stats.downstream_cx_idle_timeout.increment(1);
-                    return;
-                }
-            };
-            match detected {
-                Ok(p) => p,
-                Err(_) => return,
-            }
-        }
-    };
-    guard.set_protocol(protocol);
-
-    let svc_cm = cm.clone();
-    let svc_shared = shared.clone();
-    let svc = service_fn(move |req: Request<Incoming>| {
-        conn_stats.saw(req.version());
-        let cm = svc_cm.clone();
-        let shared = svc_shared.clone();
-        let verdict = shared.next_request();
-        // The guard holds the bytes after an upgrade (or CONNECT) request until this answer says
-        // whether they belong to a tunnel.
-        let upgrade = req.version() != Version::HTTP_2
-            && (req.headers().contains_key(header::UPGRADE)
-                || req.method() == http::Method::CONNECT);
-        async move {
-            let resp = cm.handle(req, ds, &shared, verdict).await;
-            if upgrade {
-                let tunnel = resp.as_ref().is_ok_and(|r| {
-                    r.status() == StatusCode::SWITCHING_PROTOCOLS || r.status().is_success()
-                });
-                shared.upgrade_decided(tunnel);
-            }
-            resp
-        }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder = match protocol {
-        Protocol::Http1 => builder.http1_only(),
-        Protocol::Http2 => builder.http2_only(),
-    };
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The guard times request heads (and answers 408); hyper's own timer would close
-        // silently.
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_headers(cm.max_headers_count as usize)
-        // The guard passes only complete, checked heads; this is hyper's backstop.
-        .max_buf_size((cm.max_request_headers_kb as usize * 1024 + 16 * 1024).max(8192));
-    let h2 = cm.http2;
-    let mut h2b = builder.http2();
-    h2b.timer(TokioTimer::new())
-        .max_concurrent_streams(h2.max_concurrent_streams)
-        .initial_stream_window_size(h2.initial_stream_window_size)
-        .initial_connection_window_size(h2.initial_connection_window_size)
-        .max_header_list_size(cm.max_request_headers_kb * 1024)
-        // Rapid Reset: streams reset before they were accepted; MadeYouReset: streams legate
-        // had to reset because the client broke the protocol. Either over its limit is a
-        // GOAWAY (ENHANCE_YOUR_CALM), counted as downstream_rq_too_many_premature_resets.
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
-        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
-    if let Some((interval, timeout)) = h2.keepalive {
-        h2b.keep_alive_interval(interval)
-            .keep_alive_timeout(timeout);
-    }
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(guard), svc);
-    tokio::pin!(conn);
-    let mut closing = false;
-    let mut grace: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
-        Box::pin(std::future::pending());
-    loop {
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = &mut drain, if !closing => {
-                closing = true;
-                cm.stats.downstream_cx_drain_close.increment(1);
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = &mut idle, if !closing => {
-                closing = true;
-                cm.stats.downstream_cx_idle_timeout.increment(1);
-                conn.as_mut().graceful_shutdown();
-                grace = Box::pin(tokio::time::sleep(IDLE_CLOSE_GRACE));
-            }
-            _ = &mut grace => return,
-        }
-    }
-}
-
-/// h2's limit on streams the client resets before they are accepted (its default is 20).
-const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 100;
-/// h2's limit on streams reset because the client broke the protocol on them (its default).
-const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
