@@ -80,6 +80,16 @@ impl Upstream {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
+        Upstream::serve(name, None, handler).await
+    }
+
+    /// The server behind [`Upstream::start`] (`h2: None`, HTTP/1.1) and [`Upstream::start_h2`]
+    /// (`h2: Some(max_concurrent_streams)`, h2c prior knowledge).
+    async fn serve<F, Fut>(name: &'static str, h2: Option<Option<u32>>, handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -105,10 +115,23 @@ impl Upstream {
                         let fut = handler(req);
                         async move { Ok::<_, Infallible>(fut.await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    match h2 {
+                        None => {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .timer(TokioTimer::new())
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(max_streams) => {
+                            let mut builder =
+                                hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                            builder.timer(TokioTimer::new());
+                            if let Some(n) = max_streams {
+                                builder.max_concurrent_streams(n);
+                            }
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });
@@ -665,49 +688,7 @@ impl Upstream {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
-        let (c, r, s) = (connections.clone(), requests.clone(), seen.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                c.fetch_add(1, Ordering::SeqCst);
-                let (handler, r, s) = (handler.clone(), r.clone(), s.clone());
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        r.fetch_add(1, Ordering::SeqCst);
-                        s.lock().unwrap().push(Seen {
-                            method: req.method().to_string(),
-                            uri: req.uri().to_string(),
-                            headers: req.headers().clone(),
-                        });
-                        let fut = handler(req);
-                        async move { Ok::<_, Infallible>(fut.await) }
-                    });
-                    let mut builder =
-                        hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                    builder.timer(TokioTimer::new());
-                    if let Some(n) = max_streams {
-                        builder.max_concurrent_streams(n);
-                    }
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                });
-            }
-        });
-        Upstream {
-            name,
-            addr,
-            connections,
-            requests,
-            seen,
-            task,
-        }
+        Upstream::serve(name, Some(max_streams), handler).await
     }
 }
 
