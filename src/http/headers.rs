@@ -15,13 +15,48 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `Proxy-Connection`, `Upgrade`, `Transfer-Encoding` (hyper re-frames the body for the next hop)
 /// and `TE` unless it is exactly `trailers` (the only value meaningful end to end).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: most requests carry none of these.
-    if headers.contains_key(header::CONNECTION) {
+    // Most messages carry few of these, often only `Connection: keep-alive`: one pass over the
+    // names present finds them, instead of a hashed lookup for each absent one.
+    const CONNECTION: u8 = 1;
+    const TRANSFER_ENCODING: u8 = 2;
+    const UPGRADE: u8 = 4;
+    const TE: u8 = 8;
+    const KEEP_ALIVE_: u8 = 16;
+    const PROXY_CONNECTION_: u8 = 32;
+    let mut found = 0u8;
+    for k in headers.keys() {
+        found |= if k == header::CONNECTION {
+            CONNECTION
+        } else if k == header::TRANSFER_ENCODING {
+            TRANSFER_ENCODING
+        } else if k == header::UPGRADE {
+            UPGRADE
+        } else if k == header::TE {
+            TE
+        } else if k == KEEP_ALIVE {
+            KEEP_ALIVE_
+        } else if k == PROXY_CONNECTION {
+            PROXY_CONNECTION_
+        } else {
+            0
+        };
+    }
+    if found == 0 {
+        return;
+    }
+    if found & CONNECTION != 0 {
+        // Headers the Connection header names go too; the usual tokens name nothing extra.
         let mut named = Vec::new();
         for v in headers.get_all(header::CONNECTION) {
             if let Ok(s) = v.to_str() {
-                for name in s.split(',') {
-                    if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                for name in s.split(',').map(str::trim) {
+                    if name.eq_ignore_ascii_case("keep-alive")
+                        || name.eq_ignore_ascii_case("close")
+                        || name.eq_ignore_ascii_case("upgrade")
+                    {
+                        continue;
+                    }
+                    if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
                         named.push(n);
                     }
                 }
@@ -32,13 +67,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(&n);
         }
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::UPGRADE);
-    headers.remove(header::TRANSFER_ENCODING);
-    if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(header::TE);
+    if found & KEEP_ALIVE_ != 0 {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if found & PROXY_CONNECTION_ != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if found & UPGRADE != 0 {
+        headers.remove(header::UPGRADE);
+    }
+    if found & TRANSFER_ENCODING != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if found & TE != 0 {
+        if let Some(te) = headers.get(header::TE) {
+            if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+                headers.remove(header::TE);
+            }
         }
     }
 }

@@ -25,7 +25,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -355,20 +354,17 @@ impl ConnectionManager {
                 };
                 let progress = info.request.clone();
                 let start = info.start;
-                let sent = stream_timers(
-                    router::forward::forward(
+                let sent = {
+                    let forward = std::pin::pin!(router::forward::forward(
                         &mut info,
                         &route.path_match,
                         fwd,
                         parts,
                         body,
                         timeout,
-                    ),
-                    &self.limits,
-                    start,
-                    &progress,
-                )
-                .await;
+                    ));
+                    stream_timers(forward, &self.limits, start, &progress).await
+                };
                 Ok(match sent {
                     Ok(Ok((resp, upstream, host))) => {
                         self.upstream_response(info, resp, upstream, host, version, on_upgrade)
@@ -617,13 +613,14 @@ fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
 
 /// The stream's own timers until the upstream's response headers: `request_timeout` (until the
 /// request has arrived whole) and `stream_idle_timeout` (reset by request body progress).
+///
+/// `fut` comes pinned by the caller so that its state is not copied into this future's.
 pub(super) async fn stream_timers<F: Future>(
-    fut: F,
+    mut fut: std::pin::Pin<&mut F>,
     limits: &DownstreamLimits,
     start: Instant,
     progress: &super::body::RequestProgress,
 ) -> Result<F::Output, LocalReply> {
-    tokio::pin!(fut);
     let request_deadline = limits.request_timeout.map(|d| start + d);
     let mut seen = progress.bytes.load(Ordering::Relaxed);
     let mut idle_deadline = limits.stream_idle_timeout.map(|d| Instant::now() + d);
@@ -637,7 +634,7 @@ pub(super) async fn stream_timers<F: Future>(
             return Ok(fut.await);
         };
         tokio::select! {
-            out = &mut fut => return Ok(out),
+            out = fut.as_mut() => return Ok(out),
             _ = tokio::time::sleep_until(next.into()) => {}
         }
         let now = Instant::now();

@@ -162,60 +162,86 @@ pub async fn serve<I>(
             resp
         }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder = match protocol {
-        Protocol::Http1 => builder.http1_only(),
-        Protocol::Http2 => builder.http2_only(),
-    };
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The guard times request heads (and answers 408); hyper's own timer would close
-        // silently.
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_headers(cm.max_headers_count as usize)
-        // The guard passes only complete, checked heads; this is hyper's backstop.
-        .max_buf_size((cm.max_request_headers_kb as usize * 1024 + 16 * 1024).max(8192));
-    let h2 = cm.http2;
-    let mut h2b = builder.http2();
-    h2b.timer(TokioTimer::new())
-        .max_concurrent_streams(h2.max_concurrent_streams)
-        .initial_stream_window_size(h2.initial_stream_window_size)
-        .initial_connection_window_size(h2.initial_connection_window_size)
-        .max_header_list_size(cm.max_request_headers_kb * 1024)
-        // Rapid Reset: streams reset before they were accepted; MadeYouReset: streams legate
-        // had to reset because the client broke the protocol. Either over its limit is a
-        // GOAWAY (ENHANCE_YOUR_CALM), counted as downstream_rq_too_many_premature_resets.
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
-        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
-    if let Some((interval, timeout)) = h2.keepalive {
-        h2b.keep_alive_interval(interval)
-            .keep_alive_timeout(timeout);
+    // The guard has already told the protocol apart, so hyper's per-protocol connections are
+    // used directly (hyper-util's auto connection would sniff the preface again through a
+    // rewind buffer on every read).
+    let io = TokioIo::new(guard);
+    match protocol {
+        Protocol::Http1 => {
+            let mut h1 = hyper::server::conn::http1::Builder::new();
+            h1.timer(TokioTimer::new())
+                // The guard times request heads (and answers 408); hyper's own timer would close
+                // silently.
+                .header_read_timeout(None)
+                .keep_alive(true)
+                // The guard passes only complete, checked heads; this is hyper's backstop.
+                .max_buf_size((cm.max_request_headers_kb as usize * 1024 + 16 * 1024).max(8192));
+            // The guard already answers 431 past `max_headers_count`. Up to hyper's default
+            // (100) hyper parses into a stack array; naming any limit makes it fill a heap
+            // vector per request.
+            if cm.max_headers_count as usize > HYPER_DEFAULT_MAX_HEADERS {
+                h1.max_headers(cm.max_headers_count as usize);
+            }
+            let conn = std::pin::pin!(h1.serve_connection(io, svc).with_upgrades());
+            run_until_closed(&cm, conn, drain, idle, |c| c.graceful_shutdown()).await
+        }
+        Protocol::Http2 => {
+            let h2 = cm.http2;
+            let mut h2b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            h2b.timer(TokioTimer::new())
+                .max_concurrent_streams(h2.max_concurrent_streams)
+                .initial_stream_window_size(h2.initial_stream_window_size)
+                .initial_connection_window_size(h2.initial_connection_window_size)
+                .max_header_list_size(cm.max_request_headers_kb * 1024)
+                // Rapid Reset: streams reset before they were accepted; MadeYouReset: streams
+                // legate had to reset because the client broke the protocol. Either over its
+                // limit is a GOAWAY (ENHANCE_YOUR_CALM), counted as
+                // downstream_rq_too_many_premature_resets.
+                .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+                .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
+            if let Some((interval, timeout)) = h2.keepalive {
+                h2b.keep_alive_interval(interval)
+                    .keep_alive_timeout(timeout);
+            }
+            let conn = std::pin::pin!(h2b.serve_connection(io, svc));
+            run_until_closed(&cm, conn, drain, idle, |c| c.graceful_shutdown()).await
+        }
     }
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(guard), svc);
-    tokio::pin!(conn);
+}
+
+/// Poll the codec until the connection closes; a drain or the idle timeout asks it to finish
+/// what is in flight and close (an idle close gets [`IDLE_CLOSE_GRACE`] to do so).
+async fn run_until_closed<C: Future>(
+    cm: &ConnectionManager,
+    mut conn: std::pin::Pin<&mut C>,
+    mut drain: std::pin::Pin<&mut impl Future<Output = ()>>,
+    mut idle: std::pin::Pin<&mut impl Future<Output = ()>>,
+    graceful_shutdown: impl Fn(std::pin::Pin<&mut C>),
+) {
     let mut closing = false;
     let mut grace: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
         Box::pin(std::future::pending());
     loop {
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = &mut drain, if !closing => {
+            _ = drain.as_mut(), if !closing => {
                 closing = true;
                 cm.stats.downstream_cx_drain_close.increment(1);
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown(conn.as_mut());
             }
-            _ = &mut idle, if !closing => {
+            _ = idle.as_mut(), if !closing => {
                 closing = true;
                 cm.stats.downstream_cx_idle_timeout.increment(1);
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown(conn.as_mut());
                 grace = Box::pin(tokio::time::sleep(IDLE_CLOSE_GRACE));
             }
             _ = &mut grace => return,
         }
     }
 }
+
+/// hyper's HTTP/1 header count limit when none is set.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// h2's limit on streams the client resets before they are accepted (its default is 20).
 pub(super) const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 100;

@@ -38,9 +38,17 @@ pub(super) fn protocol_error(status: u16, details: &'static str) -> LocalReply {
 
 /// Check a complete request head and find its body framing.
 pub(super) fn check_head(head: &[u8], cfg: &GuardConfig) -> Result<Framing, LocalReply> {
-    let mut headers = vec![httparse::EMPTY_HEADER; cfg.max_headers];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
+    // Up to the default limit the headers live on the stack, uninitialised until parsed.
+    let mut stack = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
+    let mut heap = Vec::new();
+    let slots = if cfg.max_headers <= stack.len() {
+        &mut stack[..cfg.max_headers]
+    } else {
+        heap.resize_with(cfg.max_headers, std::mem::MaybeUninit::uninit);
+        &mut heap[..]
+    };
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, slots) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(protocol_error(400, "http1.codec_error")),
         Err(httparse::Error::TooManyHeaders) => {

@@ -41,28 +41,31 @@ pub async fn forward(
     let progress = info.request.clone();
     let body = RequestBody::new(body, progress.clone());
 
-    let send = send(cluster, &host, parts, body, downstream_h2, info);
+    // Pinned where it is made: a future moved into another local keeps a second copy of its
+    // (kilobytes of) state in this one's.
     let timeout = timeout_override.unwrap_or(fwd.timeout);
-    let result = if timeout.is_zero() {
-        send.await
-    } else {
-        let mut send = std::pin::pin!(send);
-        // Envoy's route timer starts when the downstream request is complete.
-        let early = tokio::select! {
-            biased;
-            r = &mut send => Some(r),
-            _ = progress.finished() => None,
-        };
-        let timed = match early {
-            Some(r) => Ok(r),
-            None => tokio::time::timeout(timeout, send).await,
-        };
-        match timed {
-            Ok(r) => r,
-            Err(_) => {
-                cluster.stats.upstream_rq_timeout.increment(1);
-                host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
-                Err(LocalReply::UpstreamTimeout)
+    let result = {
+        let mut send = std::pin::pin!(send(cluster, &host, parts, body, downstream_h2, info));
+        if timeout.is_zero() {
+            send.await
+        } else {
+            // Envoy's route timer starts when the downstream request is complete.
+            let early = tokio::select! {
+                biased;
+                r = send.as_mut() => Some(r),
+                _ = progress.finished() => None,
+            };
+            let timed = match early {
+                Some(r) => Ok(r),
+                None => tokio::time::timeout(timeout, send).await,
+            };
+            match timed {
+                Ok(r) => r,
+                Err(_) => {
+                    cluster.stats.upstream_rq_timeout.increment(1);
+                    host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                    Err(LocalReply::UpstreamTimeout)
+                }
             }
         }
     };
