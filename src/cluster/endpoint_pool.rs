@@ -239,9 +239,10 @@ impl EndpointPool {
     }
 
     /// Give an HTTP/1.1 connection back after its response finished cleanly.
-    pub fn checkin(&self, mut conn: H1Conn) {
+    pub fn checkin(&self, conn: H1Conn) {
         // Acquire pairs with the Release in `close`: once closed, no connection is queued again.
-        if self.closed.load(Ordering::Acquire) || !conn.check_open() {
+        // Whether the upstream closed it is found out at checkout, which polls it anyway.
+        if self.closed.load(Ordering::Acquire) || conn.is_closed() {
             return;
         }
         if self.idle_len.fetch_add(1, Ordering::Relaxed) >= MAX_IDLE {

@@ -62,6 +62,11 @@ impl H1Conn {
         self.poll_conn(&mut cx) && !self.sender.is_closed()
     }
 
+    /// Known to be closed already (without polling it).
+    pub fn is_closed(&self) -> bool {
+        self.done || self.sender.is_closed()
+    }
+
     /// Wait until the connection can take a request; false when it closed instead.
     pub async fn ready(&mut self) -> bool {
         let H1Conn {

@@ -348,10 +348,11 @@ impl ConnectionManager {
                 } else {
                     None
                 };
-                let timeout = match grpc_deadline {
+                let deadline = match grpc_deadline {
                     Some(d) if fwd.timeout.is_zero() || d < fwd.timeout => Some(d),
                     _ => None,
                 };
+                let route_timeout = Some(deadline.unwrap_or(fwd.timeout)).filter(|d| !d.is_zero());
                 let progress = info.request.clone();
                 let start = info.start;
                 let sent = {
@@ -361,9 +362,8 @@ impl ConnectionManager {
                         fwd,
                         parts,
                         body,
-                        timeout,
                     ));
-                    stream_timers(forward, &self.limits, start, &progress).await
+                    stream_timers(forward, &self.limits, route_timeout, start, &progress).await
                 };
                 Ok(match sent {
                     Ok(Ok((resp, upstream, host))) => {
@@ -384,8 +384,18 @@ impl ConnectionManager {
                         } else {
                             reply
                         };
-                        let deadline = timeout.is_some() && reply == LocalReply::UpstreamTimeout;
-                        self.local_reply(info, reply, version, grpc, deadline)
+                        self.local_reply(info, reply, version, grpc, false)
+                    }
+                    Err(LocalReply::UpstreamTimeout) => {
+                        router::forward::count_timeout(&info);
+                        let grpc_deadline = deadline.is_some();
+                        self.local_reply(
+                            info,
+                            LocalReply::UpstreamTimeout,
+                            version,
+                            grpc,
+                            grpc_deadline,
+                        )
                     }
                     Err(reply) => self.local_reply(info, reply, version, grpc, false),
                 })
@@ -612,30 +622,54 @@ fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// The stream's own timers until the upstream's response headers: `request_timeout` (until the
-/// request has arrived whole) and `stream_idle_timeout` (reset by request body progress).
+/// request has arrived whole), `stream_idle_timeout` (reset by request body progress) and the
+/// route timeout (from the end of the request, Envoy's default start), all on one timer.
 ///
 /// `fut` comes pinned by the caller so that its state is not copied into this future's.
 pub(super) async fn stream_timers<F: Future>(
     mut fut: std::pin::Pin<&mut F>,
     limits: &DownstreamLimits,
+    route_timeout: Option<Duration>,
     start: Instant,
     progress: &super::body::RequestProgress,
 ) -> Result<F::Output, LocalReply> {
     let request_deadline = limits.request_timeout.map(|d| start + d);
     let mut seen = progress.bytes.load(Ordering::Relaxed);
     let mut idle_deadline = limits.stream_idle_timeout.map(|d| Instant::now() + d);
+    let mut route_deadline = None;
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(start.into()));
     loop {
         let complete = progress.is_done();
-        let next = match (request_deadline.filter(|_| !complete), idle_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let Some(next) = next else {
-            return Ok(fut.await);
-        };
-        tokio::select! {
-            out = fut.as_mut() => return Ok(out),
-            _ = tokio::time::sleep_until(next.into()) => {}
+        if complete && route_deadline.is_none() {
+            route_deadline = route_timeout.map(|d| Instant::now() + d);
+        }
+        let next = [
+            request_deadline.filter(|_| !complete),
+            idle_deadline,
+            route_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        match next {
+            None if complete => return Ok(fut.await),
+            None => {
+                tokio::select! {
+                    biased;
+                    out = fut.as_mut() => return Ok(out),
+                    _ = progress.finished() => continue,
+                }
+            }
+            Some(next) => {
+                timer.as_mut().reset(next.into());
+                tokio::select! {
+                    biased;
+                    out = fut.as_mut() => return Ok(out),
+                    _ = timer.as_mut() => {}
+                    // The route timer starts when the request is complete.
+                    _ = progress.finished(), if !complete && route_timeout.is_some() => continue,
+                }
+            }
         }
         let now = Instant::now();
         let complete = progress.is_done();
@@ -643,6 +677,9 @@ pub(super) async fn stream_timers<F: Future>(
             if !complete && now >= d {
                 return Err(LocalReply::RequestTimeout { complete });
             }
+        }
+        if route_deadline.is_some_and(|d| now >= d) {
+            return Err(LocalReply::UpstreamTimeout);
         }
         if let (Some(d), Some(idle)) = (idle_deadline, limits.stream_idle_timeout) {
             if now >= d {

@@ -17,13 +17,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The route timeout is not kept here: the connection manager runs it on the stream's one timer
+/// (see `stream_timers`), so a request arms one timer, not two.
 pub async fn forward(
     info: &mut StreamInfo,
     path_match: &PathMatch,
     fwd: &Forward<Arc<Cluster>>,
     mut parts: Parts,
     body: Incoming,
-    timeout_override: Option<std::time::Duration>,
 ) -> Result<(Response<Incoming>, Upstream, Arc<Host>), LocalReply> {
     let cluster = &fwd.cluster;
     let Some(host) = cluster.pick() else {
@@ -38,38 +39,17 @@ pub async fn forward(
 
     let downstream_h2 = parts.version == Version::HTTP_2;
     rewrite_target(&mut parts, path_match, fwd);
-    let progress = info.request.clone();
-    let body = RequestBody::new(body, progress.clone());
+    let body = RequestBody::new(body, info.request.clone());
+    let (resp, upstream) = send(cluster, &host, parts, body, downstream_h2, info).await?;
+    Ok((resp, upstream, host))
+}
 
-    // Pinned where it is made: a future moved into another local keeps a second copy of its
-    // (kilobytes of) state in this one's.
-    let timeout = timeout_override.unwrap_or(fwd.timeout);
-    let result = {
-        let mut send = std::pin::pin!(send(cluster, &host, parts, body, downstream_h2, info));
-        if timeout.is_zero() {
-            send.await
-        } else {
-            // Envoy's route timer starts when the downstream request is complete.
-            let early = tokio::select! {
-                biased;
-                r = send.as_mut() => Some(r),
-                _ = progress.finished() => None,
-            };
-            let timed = match early {
-                Some(r) => Ok(r),
-                None => tokio::time::timeout(timeout, send).await,
-            };
-            match timed {
-                Ok(r) => r,
-                Err(_) => {
-                    cluster.stats.upstream_rq_timeout.increment(1);
-                    host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
-                    Err(LocalReply::UpstreamTimeout)
-                }
-            }
-        }
-    };
-    result.map(|(resp, upstream)| (resp, upstream, host))
+/// Count a route timeout against the cluster and host the request went to.
+pub fn count_timeout(info: &StreamInfo) {
+    if let Some((cluster, host)) = &info.upstream {
+        cluster.stats.upstream_rq_timeout.increment(1);
+        host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What is needed to send a bodiless request again: an HTTP/2 stream the upstream refused
