@@ -1,16 +1,19 @@
 //! Micro-benchmarks for the per-request pieces: route matching, the cluster snapshot read and
-//! host pick, request-header editing, access-log formatting.
+//! host pick (per load-balancing policy), the circuit breaker, request-header editing,
+//! access-log formatting.
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue};
-use legate::bootstrap::{ClusterConfig, ClusterType, DnsLookupFamily};
+use legate::bootstrap::{ClusterConfig, ClusterType, DnsLookupFamily, LbPolicy};
 use legate::cluster::Cluster;
 use legate::http::headers;
 use legate::http::router::{Action, PathMatch, Route, RouteTable, VirtualHost};
 use legate::observe::access_log::{Captured, Entry, Format, RequestParts, DEFAULT_FORMAT};
 use legate::observe::Stats;
 use std::hint::black_box;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 fn table(routes: usize) -> RouteTable<()> {
@@ -55,8 +58,8 @@ fn route_match(c: &mut Criterion) {
     g.finish();
 }
 
-fn cluster_pick(c: &mut Criterion) {
-    let stats = Stats::new();
+/// A cluster of 10 hosts on unused ports (nothing is dialed) with the given policy and weights.
+fn bench_cluster(stats: &Stats, lb_policy: LbPolicy, weight: impl Fn(u32) -> u32) -> Arc<Cluster> {
     let cluster = Cluster::new(
         ClusterConfig {
             name: "bench".into(),
@@ -67,22 +70,71 @@ fn cluster_pick(c: &mut Criterion) {
             protocol: legate::bootstrap::UpstreamProtocol::Http1,
             tls: None,
             endpoints: vec![],
+            lb_policy,
+            circuit_breakers: Default::default(),
         },
-        &stats,
+        stats,
     );
     let hosts = (0..10)
         .map(|i| {
             cluster.new_host(
                 format!("127.0.0.1:{}", 20000 + i).parse().unwrap(),
                 String::new(),
-                1 + i % 3,
+                weight(i),
             )
         })
         .collect();
     cluster.set_hosts(hosts);
+    cluster
+}
+
+fn cluster_pick(c: &mut Criterion) {
+    let stats = Stats::new();
+    let cluster = bench_cluster(&stats, LbPolicy::RoundRobin, |i| 1 + i % 3);
     c.bench_function("cluster_snapshot_pick_weighted_rr_10_hosts", |b| {
         b.iter(|| black_box(cluster.pick()).is_some())
     });
+}
+
+/// `Cluster::pick` per `lb_policy` over 10 hosts: the snapshot load, the policy's choice and the
+/// host handle a request takes.
+fn lb_pick(c: &mut Criterion) {
+    let stats = Stats::new();
+    let mut g = c.benchmark_group("lb_pick");
+    let cases = [
+        (
+            "round_robin",
+            bench_cluster(&stats, LbPolicy::RoundRobin, |_| 1),
+        ),
+        (
+            "round_robin_weighted",
+            bench_cluster(&stats, LbPolicy::RoundRobin, |i| 1 + i % 3),
+        ),
+        (
+            "least_request",
+            bench_cluster(&stats, LbPolicy::LeastRequest { choice_count: 2 }, |_| 1),
+        ),
+        ("random", bench_cluster(&stats, LbPolicy::Random, |_| 1)),
+    ];
+    for (name, cluster) in &cases {
+        // Uneven load, so least-request compares real counts.
+        for (i, h) in cluster.hosts().hosts.iter().enumerate() {
+            h.stats.rq_active.store(i as u64 % 4, Ordering::Relaxed);
+        }
+        g.bench_function(*name, |b| b.iter(|| black_box(cluster.pick()).is_some()));
+    }
+    g.finish();
+}
+
+/// A `max_requests` slot taken and given back (the request path's circuit-breaker cost).
+fn circuit_breaker(c: &mut Criterion) {
+    let stats = Stats::new();
+    let cluster = bench_cluster(&stats, LbPolicy::RoundRobin, |_| 1);
+    let mut g = c.benchmark_group("circuit_breaker");
+    g.bench_function("acquire_release", |b| {
+        b.iter(|| drop(black_box(cluster.circuit_breakers.request())))
+    });
+    g.finish();
 }
 
 fn header_edit(c: &mut Criterion) {
@@ -152,6 +204,8 @@ criterion_group!(
     benches,
     route_match,
     cluster_pick,
+    lb_pick,
+    circuit_breaker,
     header_edit,
     access_log_format
 );

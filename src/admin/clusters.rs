@@ -1,23 +1,26 @@
 //! `/clusters`: Envoy's `cluster::host::stat::value` lines, or JSON with `?format=json`.
 
-use crate::cluster::HostStats;
+use crate::cluster::{Cluster, HostStats};
 use crate::server::ServerContext;
 use std::fmt::Write as _;
 
-/// Envoy's default circuit-breaker thresholds, reported until circuit breakers are configurable.
-const THRESHOLDS: [(&str, u32); 4] = [
-    ("max_connections", 1024),
-    ("max_pending_requests", 1024),
-    ("max_requests", 1024),
-    ("max_retries", 3),
-];
+/// The configured `circuit_breakers.thresholds` (priority DEFAULT), by Envoy's names.
+fn thresholds(c: &Cluster) -> [(&'static str, u32); 4] {
+    let t = &c.circuit_breakers.thresholds;
+    [
+        ("max_connections", t.max_connections),
+        ("max_pending_requests", t.max_pending_requests),
+        ("max_requests", t.max_requests),
+        ("max_retries", t.max_retries),
+    ]
+}
 
 pub fn text(ctx: &ServerContext) -> String {
     let mut out = String::new();
     for c in &ctx.clusters {
         let n = &c.name;
         let _ = writeln!(out, "{n}::observability_name::{n}");
-        for (k, v) in THRESHOLDS {
+        for (k, v) in thresholds(c) {
             let _ = writeln!(out, "{n}::default_priority::{k}::{v}");
         }
         let _ = writeln!(out, "{n}::added_via_api::false");
@@ -86,9 +89,16 @@ pub fn json(ctx: &ServerContext) -> serde_json::Value {
                     })
                 })
                 .collect();
+            // Envoy's ClusterStatus: thresholds as proto JSON (priority DEFAULT is the
+            // enum's zero value, so it is left out).
+            let thresholds: serde_json::Map<_, _> = thresholds(c)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
             serde_json::json!({
                 "name": c.name,
                 "observability_name": c.name,
+                "circuit_breakers": { "thresholds": [thresholds] },
                 "added_via_api": false,
                 "host_statuses": hosts,
             })

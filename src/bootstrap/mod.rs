@@ -8,6 +8,7 @@
 //! - [`validate`] turns the proto types into runtime types once, collecting every semantic error
 //!   with its field path, so the hot path never sees an `Option` that validation could settle.
 
+mod cluster;
 pub mod duration;
 mod listener;
 pub mod load;
@@ -17,9 +18,10 @@ pub mod validate;
 
 pub use load::{load, ConfigSource};
 pub use validate::{
-    AccessLogConfig, AccessLogSink, ClusterConfig, ClusterType, CodecType, Config, DnsLookupFamily,
-    DownstreamLimits, EndpointConfig, FilterChainConfig, HcmConfig, Http2Settings, ListenerConfig,
-    TerminalConfig, UnderscoreAction, UpstreamProtocol,
+    AccessLogConfig, AccessLogSink, CircuitBreakerThresholds, ClusterConfig, ClusterType,
+    CodecType, Config, DnsLookupFamily, DownstreamLimits, EndpointConfig, FilterChainConfig,
+    HcmConfig, Http2Settings, LbPolicy, ListenerConfig, TerminalConfig, UnderscoreAction,
+    UpstreamProtocol,
 };
 
 use std::fmt;

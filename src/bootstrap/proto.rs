@@ -487,6 +487,10 @@ pub struct Cluster {
     #[serde(default)]
     pub lb_policy: Option<String>,
     #[serde(default)]
+    pub least_request_lb_config: Option<LeastRequestLbConfig>,
+    #[serde(default)]
+    pub circuit_breakers: Option<CircuitBreakers>,
+    #[serde(default)]
     pub load_assignment: Option<ClusterLoadAssignment>,
     #[serde(default)]
     pub dns_refresh_rate: Option<ProtoDuration>,
@@ -499,6 +503,40 @@ pub struct Cluster {
     pub typed_extension_protocol_options: std::collections::BTreeMap<String, Value>,
     #[serde(default)]
     pub transport_socket: Option<TypedExtension>,
+}
+
+/// `Cluster.LeastRequestLbConfig`; `active_request_bias` and `slow_start_config` are rejected.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeastRequestLbConfig {
+    #[serde(default)]
+    pub choice_count: Option<u32>,
+}
+
+/// `config.cluster.v3.CircuitBreakers`; `per_host_thresholds` is rejected.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakers {
+    #[serde(default)]
+    pub thresholds: Vec<CircuitBreakerThresholds>,
+}
+
+/// `CircuitBreakers.Thresholds`; `retry_budget` and `max_connection_pools` are rejected.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerThresholds {
+    #[serde(default)]
+    pub priority: Option<String>,
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub max_pending_requests: Option<u32>,
+    #[serde(default)]
+    pub max_requests: Option<u32>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub track_remaining: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -172,7 +172,11 @@ pub struct ClusterConfig {
     pub endpoints: Vec<EndpointConfig>,
     pub protocol: UpstreamProtocol,
     pub tls: Option<crate::tls::ClientTls>,
+    pub lb_policy: LbPolicy,
+    pub circuit_breakers: CircuitBreakerThresholds,
 }
+
+pub use super::cluster::{CircuitBreakerThresholds, LbPolicy};
 
 /// An endpoint as configured: an IP address for STATIC clusters, a name to resolve for
 /// STRICT_DNS ones.
@@ -874,10 +878,9 @@ fn cluster(mut c: proto::Cluster, path: &str, errs: &mut Errors) -> Option<Clust
             return None;
         }
     };
-    match c.lb_policy.as_deref() {
-        None | Some("ROUND_ROBIN") => {}
-        Some(other) => errs.unsupported(format!("{path}.lb_policy"), other),
-    }
+    let lb_policy = super::cluster::lb_policy(&c, path, errs);
+    let circuit_breakers =
+        super::cluster::circuit_breakers(c.circuit_breakers.as_ref(), path, errs);
     let dns_lookup_family = match c.dns_lookup_family.as_deref() {
         None | Some("AUTO") => DnsLookupFamily::Auto,
         Some("V4_ONLY") => DnsLookupFamily::V4Only,
@@ -949,5 +952,7 @@ fn cluster(mut c: proto::Cluster, path: &str, errs: &mut Errors) -> Option<Clust
         endpoints,
         protocol,
         tls,
+        lb_policy,
+        circuit_breakers,
     })
 }

@@ -13,6 +13,7 @@
 //! `idle_timeout`, drops closed HTTP/2 connections, and closes the pool when its host leaves the
 //! cluster.
 
+use super::circuit_breaker::Slot;
 use super::{Cluster, Host, HostStats};
 use crate::bootstrap::{Http2Settings, UpstreamProtocol};
 use crate::http::body::RequestBody;
@@ -186,6 +187,11 @@ impl EndpointPool {
                 });
             }
         }
+        // Waiting for a new connection: a pending request (circuit breaker) until it has one.
+        let _pending = cluster
+            .circuit_breakers
+            .pending_request()
+            .ok_or(ConnectError::Overflow)?;
         // Dialing (TCP, TLS, handshake) is a large future; boxed, it costs an allocation on the
         // rare path instead of making every request's future (moved on each poll setup) as big.
         Box::pin(self.connect_h1(cluster, host)).await
@@ -207,6 +213,10 @@ impl EndpointPool {
                 reused: true,
             });
         }
+        let _pending = cluster
+            .circuit_breakers
+            .pending_request()
+            .ok_or(ConnectError::Overflow)?;
         let _dialing = self.h2_dial.lock().await;
         // Whoever held the lock before us may have opened a connection with room.
         if let Some(s) = self.try_h2() {
@@ -292,13 +302,22 @@ impl EndpointPool {
         self.h2.store(Arc::new(Vec::new()));
     }
 
-    async fn dial(&self, cluster: &Cluster, host: &Host) -> Result<UpstreamIo, ConnectError> {
+    /// Dial within the cluster's `max_connections`; the slot goes to the connection's guard.
+    async fn dial(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+    ) -> Result<(UpstreamIo, Slot), ConnectError> {
+        let slot = cluster
+            .circuit_breakers
+            .connection()
+            .ok_or(ConnectError::Overflow)?;
         let stats = &cluster.stats;
         stats.upstream_cx_total.increment(1);
         host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
         let tls = cluster.config.tls.as_ref();
         match super::transport::connect(self.address, self.connect_timeout, tls).await {
-            Ok(io) => Ok(io),
+            Ok(io) => Ok((io, slot)),
             Err(e) => {
                 stats.upstream_cx_connect_fail.increment(1);
                 if e.is_timeout() {
@@ -317,27 +336,28 @@ impl EndpointPool {
         cluster: &Cluster,
         host: &Host,
     ) -> Result<(UpstreamIo, impl Send), ConnectError> {
-        let io = self.dial(cluster, host).await?;
-        Ok((io, Self::active_guard(cluster, host)))
+        let (io, slot) = self.dial(cluster, host).await?;
+        Ok((io, Self::active_guard(cluster, host, slot)))
     }
 
-    fn active_guard(cluster: &Cluster, host: &Host) -> ConnActive {
+    fn active_guard(cluster: &Cluster, host: &Host, slot: Slot) -> ConnActive {
         cluster.stats.upstream_cx_active.increment(1.0);
         host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
         ConnActive {
             cx_active: cluster.stats.upstream_cx_active.clone(),
             cx_destroy: cluster.stats.upstream_cx_destroy.clone(),
             host: host.stats.clone(),
+            _slot: slot,
         }
     }
 
     async fn connect_h1(&self, cluster: &Cluster, host: &Host) -> Result<PooledConn, ConnectError> {
-        let stream = self.dial(cluster, host).await?;
+        let (stream, slot) = self.dial(cluster, host).await?;
         cluster.stats.upstream_cx_http1_total.increment(1);
         let (sender, conn) = http1::Builder::new()
             .handshake::<_, RequestBody>(TokioIo::new(stream))
             .await?;
-        let active = Self::active_guard(cluster, host);
+        let active = Self::active_guard(cluster, host, slot);
         // No task of its own: the requests using it drive it (see `H1Conn`). With upgrades
         // enabled, a `101` hands the socket to a WebSocket tunnel.
         Ok(PooledConn {
@@ -352,7 +372,7 @@ impl EndpointPool {
         host: &Host,
         s: Http2Settings,
     ) -> Result<Arc<H2Conn>, ConnectError> {
-        let stream = self.dial(cluster, host).await?;
+        let (stream, slot) = self.dial(cluster, host).await?;
         cluster.stats.upstream_cx_http2_total.increment(1);
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -374,7 +394,7 @@ impl EndpointPool {
         let (sender, conn) = builder
             .handshake::<_, RequestBody>(TokioIo::new(stream))
             .await?;
-        let active = Self::active_guard(cluster, host);
+        let active = Self::active_guard(cluster, host, slot);
         // hyper drives the HTTP/2 I/O in a task of its own, so the peer's SETTINGS show up in
         // the stream limit without this task being woken: look every millisecond (they come
         // right after the peer's preface), within the connect timeout. A peer that allows no
@@ -444,6 +464,8 @@ pub(super) struct ConnActive {
     cx_active: metrics::Gauge,
     cx_destroy: metrics::Counter,
     host: Arc<HostStats>,
+    /// The connection's `max_connections` slot.
+    _slot: Slot,
 }
 
 impl Drop for ConnActive {

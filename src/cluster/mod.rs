@@ -5,6 +5,7 @@
 //! publishes it as an immutable [`HostSet`] behind an `ArcSwap`; requests read it with one atomic
 //! load. A [`Cluster`] is created once at boot and outlives any restart of the actor.
 
+pub mod circuit_breaker;
 pub mod dns;
 pub mod endpoint_pool;
 pub mod h1_conn;
@@ -15,8 +16,9 @@ use crate::bootstrap::{ClusterConfig, ClusterType};
 use crate::observe::stats::StatusCounters;
 use crate::observe::{Histogram, Stats};
 use arc_swap::ArcSwap;
+use circuit_breaker::CircuitBreakers;
 use endpoint_pool::EndpointPool;
-use load_balancer::{LoadBalancer, RoundRobin};
+use load_balancer::{Lb, LoadBalancer};
 use metrics::{Counter, Gauge};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +28,10 @@ pub struct Cluster {
     pub name: String,
     pub config: ClusterConfig,
     pub stats: ClusterStats,
+    /// `circuit_breakers.thresholds` (priority DEFAULT) and their counters.
+    pub circuit_breakers: CircuitBreakers,
     hosts: ArcSwap<HostSet>,
-    lb: RoundRobin,
+    lb: Lb,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -112,7 +116,8 @@ pub struct Host {
     pub pool: EndpointPool,
 }
 
-/// Per-host counters as Envoy's `/clusters` lists them. Plain atomics: they are read only by admin.
+/// Per-host counters as Envoy's `/clusters` lists them. Plain atomics, read by admin, and
+/// `rq_active` by the LEAST_REQUEST balancer.
 #[derive(Default)]
 pub struct HostStats {
     pub cx_total: AtomicU64,
@@ -137,8 +142,9 @@ impl Cluster {
         Arc::new(Cluster {
             name: config.name.clone(),
             stats: cluster_stats,
+            circuit_breakers: CircuitBreakers::new(config.circuit_breakers, stats, &config.name),
             hosts: ArcSwap::from_pointee(HostSet::default()),
-            lb: RoundRobin::default(),
+            lb: Lb::new(config.lb_policy),
             config,
         })
     }

@@ -27,6 +27,10 @@ pub enum ConnectError {
     Tls(io::Error),
     #[error("handshake error: {0}")]
     Handshake(#[from] hyper::Error),
+    /// A circuit breaker (`max_connections`, `max_pending_requests`) is at its limit; nothing
+    /// was dialed.
+    #[error("overflow")]
+    Overflow,
 }
 
 impl ConnectError {

@@ -2,6 +2,7 @@
 //! response flag, `%RESPONSE_CODE_DETAILS%` and body.
 
 use super::response_flags::ResponseFlags;
+use crate::cluster::endpoint_pool::ConnectError;
 use bytes::Bytes;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,9 @@ pub enum LocalReply {
     UpstreamProtocolError,
     /// The upstream reset the stream (HTTP/2 RST_STREAM) before response headers.
     RemoteReset,
+    /// A circuit breaker of the cluster is at its limit (`max_requests`, `max_connections`,
+    /// `max_pending_requests`).
+    UpstreamOverflow,
     /// The downstream broke the protocol (framing, limits): 400, 414, 431 or 501.
     DownstreamProtocolError { status: u16, details: &'static str },
     /// A well-formed request legate refuses (missing or conflicting Host, underscores).
@@ -39,7 +43,8 @@ impl LocalReply {
             LocalReply::NoHealthyUpstream
             | LocalReply::ConnectFailure(_)
             | LocalReply::ConnectionTermination
-            | LocalReply::RemoteReset => 503,
+            | LocalReply::RemoteReset
+            | LocalReply::UpstreamOverflow => 503,
             LocalReply::UpstreamTimeout => 504,
             LocalReply::UpstreamProtocolError => 502,
             LocalReply::DownstreamProtocolError { status, .. } => *status,
@@ -65,6 +70,7 @@ impl LocalReply {
             LocalReply::UpstreamTimeout => ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
             LocalReply::UpstreamProtocolError => ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
             LocalReply::RemoteReset => ResponseFlags::UPSTREAM_REMOTE_RESET,
+            LocalReply::UpstreamOverflow => ResponseFlags::UPSTREAM_OVERFLOW,
             LocalReply::DownstreamProtocolError { .. } => ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
             LocalReply::StreamIdleTimeout { .. } => ResponseFlags::STREAM_IDLE_TIMEOUT,
             LocalReply::BadRequest(_)
@@ -86,6 +92,7 @@ impl LocalReply {
             }
             LocalReply::UpstreamTimeout => "upstream_response_timeout",
             LocalReply::RemoteReset => "upstream_reset_before_response_started{remote_reset}",
+            LocalReply::UpstreamOverflow => "upstream_reset_before_response_started{overflow}",
             LocalReply::UpstreamProtocolError => {
                 "upstream_reset_before_response_started{protocol_error}"
             }
@@ -123,10 +130,24 @@ impl LocalReply {
             LocalReply::RemoteReset => Bytes::from_static(
                 b"upstream connect error or disconnect/reset before headers. reset reason: remote reset",
             ),
+            LocalReply::UpstreamOverflow => Bytes::from_static(
+                b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ),
             LocalReply::DownstreamProtocolError { .. } | LocalReply::BadRequest(_) => Bytes::new(),
             LocalReply::RequestHeaderTimeout => Bytes::from_static(b"request header timeout"),
             LocalReply::RequestTimeout { .. } => Bytes::from_static(b"request timeout"),
             LocalReply::StreamIdleTimeout { .. } => Bytes::from_static(b"stream timeout"),
+        }
+    }
+}
+
+impl From<ConnectError> for LocalReply {
+    /// A request that could not get an upstream connection: a circuit breaker said no, or the
+    /// dial failed.
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Overflow => LocalReply::UpstreamOverflow,
+            e => LocalReply::ConnectFailure(e.to_string()),
         }
     }
 }

@@ -5,6 +5,7 @@ use super::body::RequestProgress;
 use super::connection_manager::{ConnectionManager, Downstream};
 use super::guard::ActiveStream;
 use super::response_flags::ResponseFlags;
+use crate::cluster::circuit_breaker::Slot;
 use crate::cluster::{Cluster, Host};
 use crate::observe::access_log::{Captured, Entry};
 use std::sync::atomic::Ordering;
@@ -23,6 +24,8 @@ pub struct StreamInfo {
     /// (virtual host, route) indexes into the connection manager's route table.
     pub route: Option<(usize, usize)>,
     pub upstream: Option<(Arc<Cluster>, Arc<Host>)>,
+    /// The cluster's `max_requests` circuit-breaker slot, released when the request finishes.
+    pub rq_slot: Option<Slot>,
     pub upstream_start: Option<Instant>,
     pub transport_failure_reason: Option<Box<str>>,
     pub request: Arc<RequestProgress>,
@@ -49,6 +52,7 @@ impl StreamInfo {
             details: "",
             route: None,
             upstream: None,
+            rq_slot: None,
             upstream_start: None,
             transport_failure_reason: None,
             request: Arc::default(),
@@ -118,6 +122,7 @@ impl StreamInfo {
             let s = &cluster.stats;
             s.upstream_rq_active.decrement(1.0);
             host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+            self.rq_slot = None;
             if self.upstream_start.is_some()
                 && self.status != 0
                 && !self.flags.contains(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT)

@@ -8,8 +8,11 @@ pub use serve::serve;
 use super::body::ResponseBody;
 use super::grpc;
 use super::guard::{self, ConnShared, Guard, GuardConfig, GuardStats, Protocol};
-use super::headers::{self, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_PROTO, X_REQUEST_ID};
+use super::headers::{
+    self, X_ENVOY_OVERLOADED, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_PROTO, X_REQUEST_ID,
+};
 use super::local_reply::LocalReply;
+use super::response_flags::ResponseFlags;
 use super::router::{self, Action, RouteTable};
 use super::stream_info::StreamInfo;
 use super::validation::{self, UnderscoreStats, Verdict};
@@ -584,6 +587,9 @@ impl ConnectionManager {
         }
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         h.insert(header::SERVER, self.server_name.clone());
+        if info.flags.contains(ResponseFlags::UPSTREAM_OVERFLOW) {
+            h.insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+        }
         info.status = status;
         self.capture_response(&mut info, resp.headers());
         *resp.body_mut() = ResponseBody::full(body, Some(info));

@@ -31,6 +31,13 @@ pub async fn forward(
         cluster.stats.upstream_cx_none_healthy.increment(1);
         return Err(LocalReply::NoHealthyUpstream);
     };
+    // `max_requests`: the slot lives with the request and is released when it finishes.
+    info.rq_slot = Some(
+        cluster
+            .circuit_breakers
+            .request()
+            .ok_or(LocalReply::UpstreamOverflow)?,
+    );
     cluster.stats.upstream_rq_total.increment(1);
     cluster.stats.upstream_rq_active.increment(1.0);
     host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
@@ -79,12 +86,13 @@ async fn send(
         headers: parts.headers.clone(),
     });
     let mut req = Request::from_parts(parts, body);
+    let mut retry_slot = None;
     for attempt in 1..=UPSTREAM_ATTEMPTS {
         let mut conn = host
             .pool
             .checkout(cluster, host, downstream_h2)
             .await
-            .map_err(|e| LocalReply::ConnectFailure(e.to_string()))?;
+            .map_err(LocalReply::from)?;
         adapt_to_upstream(&mut req, conn.is_http2(), host);
         info.upstream_start = Some(Instant::now());
         let mut err = match conn.send(req).await {
@@ -107,7 +115,9 @@ async fn send(
             _ => {
                 let err = err.into_error();
                 match (&retry_head, refused_stream(&err)) {
-                    (Some(head), true) if !last => {
+                    (Some(head), true)
+                        if !last && cluster.circuit_breakers.retry(&mut retry_slot) =>
+                    {
                         cluster.stats.upstream_rq_retry.increment(1);
                         let mut r = Request::new(RequestBody::empty());
                         *r.method_mut() = head.method.clone();
@@ -298,6 +308,8 @@ mod tests {
                 protocol: crate::bootstrap::UpstreamProtocol::Http1,
                 tls: None,
                 endpoints: vec![],
+                lb_policy: crate::bootstrap::LbPolicy::RoundRobin,
+                circuit_breakers: Default::default(),
             },
             &crate::observe::Stats::new(),
         );
