@@ -20,7 +20,7 @@ pub(super) struct Framing {
 /// The end of a request head (after its empty line), accepting bare LF line ends as hyper does.
 pub(super) fn head_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
-    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+    while let Some(p) = memchr::memchr(b'\n', &buf[i..]) {
         let at = i + p;
         match buf.get(at + 1) {
             Some(b'\n') => return Some(at + 2),
@@ -85,9 +85,9 @@ pub(super) fn check_head(head: &[u8], cfg: &GuardConfig) -> Result<Framing, Loca
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
         }
-        if http::HeaderName::from_bytes(h.name.as_bytes()).is_err()
-            || http::HeaderValue::from_bytes(h.value).is_err()
-        {
+        // httparse already holds values to what `HeaderValue` accepts (HTAB, visible ASCII,
+        // obs-text); names are checked against `HeaderName`'s own token rules.
+        if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
             return Err(protocol_error(400, "http1.invalid_characters"));
         }
     }
