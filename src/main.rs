@@ -107,8 +107,16 @@ fn serve(cli: Cli, config: bootstrap::Config) -> anyhow::Result<ExitCode> {
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(concurrency)
+    // One worker is a single-threaded runtime: no work-stealing queues, and a wake-up is a
+    // local queue push instead of cross-thread atomics.
+    let mut builder = if concurrency == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(concurrency);
+        b
+    };
+    let runtime = builder
         .thread_name("legate-worker")
         .enable_all()
         .build()
