@@ -54,6 +54,19 @@ fn route_match(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("prefix_last_of", n), &path, |b, p| {
             b.iter(|| black_box(t.route(black_box("api.example.com:10000"), p)).is_some())
         });
+        let middle = format!("/service-{}/items?id=7", n / 2);
+        g.bench_with_input(BenchmarkId::new("prefix_middle_of", n), &middle, |b, p| {
+            b.iter(|| black_box(t.route(black_box("api.example.com:10000"), p)).is_some())
+        });
+        // No route matches: every route is looked at by a scan.
+        let miss = "/other/items?id=7".to_string();
+        g.bench_with_input(BenchmarkId::new("miss_of", n), &miss, |b, p| {
+            b.iter(|| black_box(t.route(black_box("api.example.com:10000"), p)).is_none())
+        });
+        // The first-match scan the index replaced, for comparison on the same machine.
+        g.bench_with_input(BenchmarkId::new("scan_last_of", n), &path, |b, p| {
+            b.iter(|| black_box(t.find_linear(black_box("api.example.com:10000"), p)).is_some())
+        });
     }
     g.finish();
 }

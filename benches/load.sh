@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: criterion micro-benchmarks, then the side-by-side load benchmark
-# (benches/compare.py: direct, legate, nginx and HAProxy as proxies, interleaved rounds).
+# (benches/compare.py: direct, legate, nginx and HAProxy as proxies, interleaved rounds), then the
+# scaling benchmark (benches/scale.py: start time and memory by config size, --concurrency 1 vs 2).
 # Installs wrk, h2load (nghttp2-client), nginx and haproxy with apt when missing.
 # Only 127.0.0.1 is used. Results go to benches/results/<date>.md and .svg.
 set -euo pipefail
@@ -29,3 +30,5 @@ cargo build --release -q
 # 5,000 idle connections per proxy for the memory scenario.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 python3 benches/compare.py
+# Appends its tables to the report compare.py just wrote.
+python3 benches/scale.py

@@ -84,6 +84,48 @@ proptest! {
         }
     }
 
+    /// The route index answers exactly what the first-match scan does: random virtual hosts of
+    /// prefix and exact-path routes, either case mode, over a tiny alphabet so that prefixes
+    /// overlap, repeat, differ only in case and contain `?` (and a non-ASCII letter, which
+    /// ASCII case folding leaves alone).
+    #[test]
+    fn route_index_agrees_with_linear_scan(
+        vhosts in prop::collection::vec(
+            prop::collection::vec(("[/aAbÉé?]{0,5}", any::<bool>(), any::<bool>()), 0..12),
+            1..4,
+        ),
+        paths in prop::collection::vec("[/aAbÉé?]{0,8}", 1..16),
+    ) {
+        let vhosts: Vec<VirtualHost<()>> = vhosts
+            .into_iter()
+            .enumerate()
+            .map(|(i, routes)| VirtualHost {
+                name: format!("v{i}"),
+                domains: vec![if i == 0 { "*".into() } else { format!("h{i}") }],
+                routes: routes
+                    .into_iter()
+                    .map(|(key, exact, case_sensitive)| Route {
+                        name: String::new(),
+                        path_match: if exact { PathMatch::Path(key) } else { PathMatch::Prefix(key) },
+                        case_sensitive,
+                        action: Action::DirectResponse { status: 200, body: bytes::Bytes::new() },
+                    })
+                    .collect(),
+            })
+            .collect();
+        let hosts: Vec<String> = (0..vhosts.len()).map(|i| format!("h{i}")).collect();
+        let table = RouteTable::new("t".into(), vhosts);
+        for host in &hosts {
+            for path in &paths {
+                prop_assert_eq!(
+                    table.find(host, path),
+                    table.find_linear(host, path),
+                    "host {} path {:?}", host, path
+                );
+            }
+        }
+    }
+
     #[test]
     fn header_handling_never_panics(
         headers in prop::collection::vec(("[a-zA-Z0-9_!#$%&'*+.^`|~-]{1,20}", "[ -~\\t]{0,40}"), 0..20),
