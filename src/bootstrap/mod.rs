@@ -1,8 +1,8 @@
 //! Envoy v3 bootstrap: the subset legate understands.
 //!
 //! Loading is three steps, each with its own module:
-//! - [`load`] reads YAML (yaml-rust2) or JSON (serde_json) into one tree and merges
-//!   `--config-yaml` over the file the way Envoy's proto `MergeFrom` does;
+//! - [`load`] reads YAML/JSON with the `config` crate and merges `--config-yaml` over the file the
+//!   way Envoy's proto `MergeFrom` does;
 //! - [`proto`] mirrors Envoy's proto field names one to one, so an unknown field is a
 //!   deserialisation error with its path;
 //! - [`validate`] turns the proto types into runtime types once, collecting every semantic error
