@@ -25,7 +25,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge};
 use std::future::Future;
 use std::net::SocketAddr;

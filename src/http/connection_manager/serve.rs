@@ -162,38 +162,87 @@ pub async fn serve<I>(
             resp
         }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder = match protocol {
-        Protocol::Http1 => builder.http1_only(),
-        Protocol::Http2 => builder.http2_only(),
-    };
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The guard times request heads (and answers 408); hyper's own timer would close
-        // silently.
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_headers(cm.max_headers_count as usize)
-        // The guard passes only complete, checked heads; this is hyper's backstop.
-        .max_buf_size((cm.max_request_headers_kb as usize * 1024 + 16 * 1024).max(8192));
-    let h2 = cm.http2;
-    let mut h2b = builder.http2();
-    h2b.timer(TokioTimer::new())
-        .max_concurrent_streams(h2.max_concurrent_streams)
-        .initial_stream_window_size(h2.initial_stream_window_size)
-        .initial_connection_window_size(h2.initial_connection_window_size)
-        .max_header_list_size(cm.max_request_headers_kb * 1024)
-        // Rapid Reset: streams reset before they were accepted; MadeYouReset: streams legate
-        // had to reset because the client broke the protocol. Either over its limit is a
-        // GOAWAY (ENHANCE_YOUR_CALM), counted as downstream_rq_too_many_premature_resets.
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
-        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
-    if let Some((interval, timeout)) = h2.keepalive {
-        h2b.keep_alive_interval(interval)
-            .keep_alive_timeout(timeout);
+    // The guard has settled the protocol, so hyper's own builders serve the connection directly:
+    // hyper-util's auto builder would read the first bytes again (`ReadVersion`, which splits
+    // the first head at 24 bytes and so makes hyper grow its read buffer to 16 KiB per
+    // connection) and carry both codecs' states in every connection's future.
+    let io = TokioIo::new(guard);
+    match protocol {
+        Protocol::Http1 => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                // The guard times request heads (and answers 408); hyper's own timer would close
+                // silently.
+                .header_read_timeout(None)
+                .keep_alive(true)
+                .max_headers(cm.max_headers_count as usize)
+                // The guard passes only complete, checked heads; this is hyper's backstop.
+                .max_buf_size((cm.max_request_headers_kb as usize * 1024 + 16 * 1024).max(8192));
+            let conn = b.serve_connection(io, svc).with_upgrades();
+            drive(conn, &cm, drain, idle).await
+        }
+        Protocol::Http2 => {
+            let h2 = cm.http2;
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_concurrent_streams(h2.max_concurrent_streams)
+                .initial_stream_window_size(h2.initial_stream_window_size)
+                .initial_connection_window_size(h2.initial_connection_window_size)
+                .max_header_list_size(cm.max_request_headers_kb * 1024)
+                // Rapid Reset: streams reset before they were accepted; MadeYouReset: streams
+                // legate had to reset because the client broke the protocol. Either over its
+                // limit is a GOAWAY (ENHANCE_YOUR_CALM), counted as
+                // downstream_rq_too_many_premature_resets.
+                .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+                .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
+            if let Some((interval, timeout)) = h2.keepalive {
+                b.keep_alive_interval(interval).keep_alive_timeout(timeout);
+            }
+            let conn = b.serve_connection(io, svc);
+            drive(conn, &cm, drain, idle).await
+        }
     }
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(guard), svc);
+}
+
+/// hyper's connection futures, HTTP/1.1 and HTTP/2 alike.
+trait Codec: Future {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> Codec for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B, E> Codec for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self)
+    }
+}
+
+/// Run the codec until the connection closes; drain and idle close it gracefully.
+async fn drive<C: Codec>(
+    conn: C,
+    cm: &ConnectionManager,
+    mut drain: std::pin::Pin<&mut impl Future<Output = ()>>,
+    mut idle: std::pin::Pin<&mut impl Future<Output = ()>>,
+) {
     tokio::pin!(conn);
     let mut closing = false;
     let mut grace: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
