@@ -502,13 +502,13 @@ fn report(stacks: &[([usize; DEPTH], u64)], requests: usize) {
     }
     let n = requests as f64;
     let mut rows: Vec<_> = by_legate.into_iter().collect();
-    rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     println!("-- by innermost legate function (allocations/request, bytes/request):");
     for (k, (c, b)) in rows.iter().take(30) {
         println!("{:7.2} {:8.0}  {k}", *c as f64 / n, *b as f64 / n);
     }
     let mut rows: Vec<_> = by_site.into_iter().collect();
-    rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     println!("-- by allocation site (innermost non-std frames):");
     for (k, (c, b)) in rows.iter().take(40) {
         if (*c as f64 / n) < 0.05 {
