@@ -1,11 +1,11 @@
 //! The ListenerManager: runs an accept loop per listener, starts a Connection actor per accepted
 //! connection, and drains listeners on request (stop accepting, then `Drain` to each connection).
 //!
-//! Connection actors are monitored, not linked: ractor stops an actor's children when it dies, and
-//! a manager failure must cost no open connection. A restarted manager adopts the connections in
-//! the server's registry; a clean stop (shutdown) stops them.
+//! Connection actors are not linked to the manager: a manager failure must cost no open
+//! connection. They count their own failures (see `actors/connection.rs`), so a restarted manager
+//! needs nothing from its predecessor but the server's registry; a clean stop (shutdown) stops
+//! them.
 
-use super::connection::{ConnectionActor, ConnectionArgs};
 use super::messages::{ConnectionMsg, ListenerManagerMsg};
 use super::supervision::AbortOnDrop;
 use crate::listener::{Listener, ListenerState};
@@ -20,7 +20,6 @@ pub struct ListenerManager;
 pub struct ListenerManagerState {
     ctx: Arc<ServerContext>,
     accept_loops: Vec<AbortOnDrop>,
-    connection_failures: Counter,
 }
 
 impl Actor for ListenerManager {
@@ -30,14 +29,11 @@ impl Actor for ListenerManager {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<ListenerManagerMsg>,
+        _myself: ActorRef<ListenerManagerMsg>,
         ctx: Arc<ServerContext>,
     ) -> Result<ListenerManagerState, ActorProcessingErr> {
         let stats = &ctx.stats;
-        // Adopt the connections a failed predecessor left running.
-        for (_, connection) in ctx.connections.all() {
-            myself.get_cell().monitor(connection.get_cell());
-        }
+        let connection_failures = stats.counter("supervisor.connection.failures");
         let mut accept_loops = Vec::new();
         for listener in &ctx.listeners {
             // A restarted manager resumes only the listeners that were not draining.
@@ -52,7 +48,7 @@ impl Actor for ListenerManager {
                 socket,
                 listener.clone(),
                 ctx.clone(),
-                myself.clone(),
+                connection_failures.clone(),
             ))));
         }
         stats
@@ -64,32 +60,25 @@ impl Actor for ListenerManager {
         stats
             .counter("listener_manager.listener_added")
             .absolute(ctx.listeners.len() as u64);
-        Ok(ListenerManagerState {
-            connection_failures: stats.counter("supervisor.connection.failures"),
-            ctx,
-            accept_loops,
-        })
+        Ok(ListenerManagerState { ctx, accept_loops })
     }
 
     async fn post_stop(
         &self,
-        myself: ActorRef<ListenerManagerMsg>,
+        _myself: ActorRef<ListenerManagerMsg>,
         state: &mut ListenerManagerState,
     ) -> Result<(), ActorProcessingErr> {
         // A clean stop is the server shutting down: the connections go with it (all at once,
         // then one bounded wait, as `stop_children_and_wait` does for linked children).
         state.accept_loops.clear();
-        let connections = state.ctx.connections.all();
-        for (_, connection) in &connections {
-            myself.get_cell().unmonitor(connection.get_cell());
-            connection.stop(Some("shutdown".into()));
+        for connection in state.ctx.connections.all() {
+            connection.stop();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            for (_, connection) in &connections {
-                let _ = connection.wait(None).await;
-            }
-        })
-        .await;
+        state
+            .ctx
+            .connections
+            .wait_empty(Duration::from_secs(5))
+            .await;
         Ok(())
     }
 
@@ -112,14 +101,14 @@ impl Actor for ListenerManager {
                 stats
                     .gauge("listener_manager.total_listeners_draining")
                     .set(state.ctx.listeners.len() as f64);
-                for (_, conn) in state.ctx.connections.all() {
-                    let _ = conn.cast(ConnectionMsg::Drain);
+                for conn in state.ctx.connections.all() {
+                    conn.cast(ConnectionMsg::Drain);
                 }
             }
             ListenerManagerMsg::InjectConnectionFault { peer } => {
-                for (p, conn) in state.ctx.connections.all() {
-                    if p == peer {
-                        let _ = conn.cast(ConnectionMsg::InjectFault);
+                for conn in state.ctx.connections.all() {
+                    if conn.peer == peer {
+                        conn.cast(ConnectionMsg::InjectFault);
                     }
                 }
             }
@@ -133,15 +122,11 @@ impl Actor for ListenerManager {
     async fn handle_supervisor_evt(
         &self,
         _myself: ActorRef<ListenerManagerMsg>,
-        evt: SupervisionEvent,
-        state: &mut ListenerManagerState,
+        _evt: SupervisionEvent,
+        _state: &mut ListenerManagerState,
     ) -> Result<(), ActorProcessingErr> {
-        // Only connection actors are monitored; they remove themselves from the registry.
-        if let SupervisionEvent::ActorFailed(cell, err) = evt {
-            // Not restarted: the socket went with the actor. Only this connection is lost.
-            tracing::warn!(actor = ?cell.get_id(), error = %err, "connection actor failed");
-            state.connection_failures.increment(1);
-        }
+        // No ractor children: connections supervise themselves (`actors/connection.rs`). The
+        // default would stop this manager on any event.
         Ok(())
     }
 }
@@ -150,7 +135,7 @@ async fn accept_loop(
     socket: Arc<tokio::net::TcpListener>,
     listener: Arc<Listener>,
     ctx: Arc<ServerContext>,
-    manager: ActorRef<ListenerManagerMsg>,
+    connection_failures: Counter,
 ) {
     loop {
         let (stream, peer) = match socket.accept().await {
@@ -164,15 +149,12 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let args = ConnectionArgs {
-            listener: listener.clone(),
-            ctx: ctx.clone(),
+        super::connection::spawn(
+            listener.clone(),
+            ctx.clone(),
             stream,
             peer,
-        };
-        match Actor::spawn(None, ConnectionActor, args).await {
-            Ok((connection, _)) => manager.get_cell().monitor(connection.get_cell()),
-            Err(e) => tracing::warn!(error = %e, "cannot start connection actor"),
-        }
+            connection_failures.clone(),
+        );
     }
 }

@@ -1,13 +1,20 @@
 //! The life of an accepted connection before and around HTTP: listener filters (TLS inspector),
 //! filter-chain match, network filters, the TLS handshake, then the chain's terminal filter.
+//!
+//! The connection's task holds this future for as long as the connection lives, sized for its
+//! largest state. So the stages with large states (inspection, the TLS handshake, the terminal
+//! filter for each stream type) are boxed: an idle plaintext keep-alive connection carries only
+//! the codec it uses, not room for a TLS handshake it never does.
 
 use super::tls_inspector::{self, Inspected};
 use super::{filter_chain::ConnMeta, Listener, Terminal};
 use crate::http::connection_manager::{self, Downstream};
 use crate::network::{ConnectionInfo, Verdict};
+use crate::tls::ServerTls;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio_rustls::server::TlsStream;
 
 /// Run one downstream connection to its end. `drain` asks it to finish gracefully.
 pub async fn run(
@@ -18,7 +25,12 @@ pub async fn run(
 ) {
     let stats = &listener.stats;
     let inspected = if listener.tls_inspector {
-        match tls_inspector::inspect(&stream, listener.listener_filters_timeout).await {
+        match Box::pin(tls_inspector::inspect(
+            &stream,
+            listener.listener_filters_timeout,
+        ))
+        .await
+        {
             Ok(i) => i,
             // Envoy counts the timeout whether or not the connection carries on.
             Err(()) => {
@@ -71,29 +83,42 @@ pub async fn run(
 
     match &chain.tls {
         Some(tls) => {
-            // A handshake that does not finish in time is closed (same bound as the listener
-            // filters).
-            let tls_stream =
-                match tokio::time::timeout(listener.listener_filters_timeout, tls.accept(stream))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        stats.ssl_connection_error.increment(1);
-                        tracing::debug!(error = %e, peer = %ds.remote, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        stats.ssl_connection_error.increment(1);
-                        return;
-                    }
-                };
-            stats.ssl_handshake.increment(1);
-            let alpn = tls_stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            let Some((tls_stream, alpn)) = Box::pin(handshake(&listener, tls, stream, &ds)).await
+            else {
+                return;
+            };
             let ds = Downstream { tls: true, ..ds };
-            terminal(&chain.terminal, tls_stream, ds, drain, alpn.as_deref()).await;
+            let t = terminal(&chain.terminal, tls_stream, ds, drain, alpn.as_deref());
+            Box::pin(t).await
         }
-        None => terminal(&chain.terminal, stream, ds, drain, None).await,
+        None => Box::pin(terminal(&chain.terminal, stream, ds, drain, None)).await,
+    }
+}
+
+/// The TLS handshake: the stream and the protocol ALPN chose, or `None` when it failed.
+async fn handshake(
+    listener: &Listener,
+    tls: &ServerTls,
+    stream: TcpStream,
+    ds: &Downstream,
+) -> Option<(TlsStream<TcpStream>, Option<Vec<u8>>)> {
+    let stats = &listener.stats;
+    // A handshake that does not finish in time is closed (same bound as the listener filters).
+    match tokio::time::timeout(listener.listener_filters_timeout, tls.accept(stream)).await {
+        Ok(Ok(s)) => {
+            stats.ssl_handshake.increment(1);
+            let alpn = s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            Some((s, alpn))
+        }
+        Ok(Err(e)) => {
+            stats.ssl_connection_error.increment(1);
+            tracing::debug!(error = %e, peer = %ds.remote, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            stats.ssl_connection_error.increment(1);
+            None
+        }
     }
 }
 

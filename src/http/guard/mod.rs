@@ -64,6 +64,9 @@ const PREMATURE_STREAMS: u64 = 500;
 const ABORT_FLUSH: Duration = Duration::from_secs(1);
 
 const READ_CHUNK: usize = 16 * 1024;
+/// Buffers up to this size are kept for the next request; larger ones (a large head, a chunked
+/// upload, a burst of HTTP/2 frames) are released while the connection is idle.
+const IDLE_KEEP: usize = 4 * 1024;
 
 /// Limits and counters a guard applies; one per connection manager.
 pub struct GuardConfig {
@@ -245,6 +248,8 @@ pub struct Guard<I> {
     /// Set while writes make no progress (the peer does not read).
     write_stall: Option<Pin<Box<Sleep>>>,
     linger: Linger,
+    /// A buffer held more than `IDLE_KEEP` bytes since the connection was last idle.
+    big_buffers: bool,
 }
 
 impl<I> Guard<I>
@@ -267,6 +272,7 @@ where
             head_sleep: None,
             write_stall: None,
             linger: Linger::No,
+            big_buffers: false,
         }
     }
 
@@ -325,6 +331,7 @@ where
                     self.eof = true;
                 } else {
                     self.rbuf.extend_from_slice(rb.filled());
+                    self.big_buffers |= self.rbuf.len() > IDLE_KEEP;
                 }
                 Poll::Ready(Ok(()))
             }
@@ -478,6 +485,10 @@ where
                             .unwrap_or(LocalReply::RequestHeaderTimeout);
                         self.reject(reply);
                         continue;
+                    }
+                    if matches!(self.mode, Mode::H1(H1::Head)) {
+                        // Waiting for the next request.
+                        self.shed_buffers();
                     }
                     return Poll::Pending;
                 }
@@ -784,6 +795,9 @@ where
                         "HTTP/2 preface timeout",
                     )));
                 }
+                if self.shared.active.load(Ordering::Acquire) == 0 {
+                    self.shed_buffers();
+                }
                 Poll::Pending
             }
         }
@@ -823,6 +837,19 @@ where
                     }
                 }
             }
+        }
+    }
+
+    /// An idle connection keeps no large buffer: what a large head, a chunked upload or a burst
+    /// of HTTP/2 frames grew is released (as nginx releases its large header buffers when a
+    /// connection goes keep-alive). Small buffers stay for reuse, so the common request costs no
+    /// allocation here.
+    fn shed_buffers(&mut self) {
+        if self.big_buffers && self.rbuf.is_empty() && self.out.is_empty() && self.wbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+            self.out = BytesMut::new();
+            self.wbuf = BytesMut::new();
+            self.big_buffers = false;
         }
     }
 
@@ -907,6 +934,7 @@ where
                 return Poll::Pending;
             }
             t.append_out(data, &mut this.wbuf, cfg);
+            this.big_buffers |= this.wbuf.len() > IDLE_KEEP;
             if t.abort_deadline.is_some() {
                 cx.waker().wake_by_ref();
             }
