@@ -25,6 +25,8 @@ if [ "${SKIP_MICRO:-0}" != 1 ]; then
   # criterion prints a long name on its own line, then the time line.
   cargo bench --bench hot_path -- --warm-up-time 1 --measurement-time 3 2>&1 \
     | grep -E "^[a-z_0-9/]+( +time:.*)?$|^ +time:" || true
+  # Heap allocations per proxied request, counted on legate's own threads.
+  cargo bench --bench allocs 2>&1 | grep "allocations/request"
 fi
 cargo build --release -q
 # 5,000 idle connections per proxy for the memory scenario.
