@@ -9,68 +9,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// A file access log (Envoy's default format) in a fresh temporary file, removed on drop.
-struct AccessLog {
-    path: PathBuf,
-}
-
-impl AccessLog {
-    fn new(tag: &str) -> AccessLog {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "legate-errors-{tag}-{}-{nanos}.log",
-            std::process::id()
-        ));
-        AccessLog { path }
-    }
-
-    /// The connection-manager fields that turn the log on.
-    fn hcm_extra(&self) -> String {
-        format!(
-            r#"          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: "{}"
-"#,
-            self.path.display()
-        )
-    }
-
-    fn contents(&self) -> String {
-        std::fs::read_to_string(&self.path).unwrap_or_default()
-    }
-
-    /// The first logged line containing `needle`, waiting (bounded) for the writer thread.
-    async fn line_with(&self, needle: &str) -> String {
-        for _ in 0..500 {
-            if let Some(line) = self.contents().lines().find(|l| l.contains(needle)) {
-                return line.to_string();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!(
-            "no access log line contains {needle:?}; log:\n{}",
-            self.contents()
-        );
-    }
-}
-
-impl Drop for AccessLog {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
 
 /// One virtual host for every domain: `/ok` goes to the healthy cluster `good`, then `extra`
 /// routes (YAML list items).

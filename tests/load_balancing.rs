@@ -9,7 +9,6 @@ use http::Request;
 use hyper::body::Incoming;
 use legate::bootstrap::{self, ConfigSource};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -104,53 +103,6 @@ async fn random_reaches_every_host() {
     assert!(counts.iter().all(|n| *n > 0), "{counts:?}");
 }
 
-/// A file access log with `%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%
-/// %RESPONSE_CODE_DETAILS%` per line, removed on drop.
-struct AccessLog {
-    path: PathBuf,
-}
-
-impl AccessLog {
-    fn new(tag: &str) -> AccessLog {
-        let path = std::env::temp_dir().join(format!("legate-lb-{tag}-{}.log", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        AccessLog { path }
-    }
-
-    fn hcm_extra(&self) -> String {
-        format!(
-            r#"          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: "{}"
-              log_format:
-                text_format_source:
-                  inline_string: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"
-"#,
-            self.path.display()
-        )
-    }
-
-    /// The first line starting with `prefix`, waiting (bounded) for the writer thread.
-    async fn line(&self, prefix: &str) -> String {
-        for _ in 0..500 {
-            let contents = std::fs::read_to_string(&self.path).unwrap_or_default();
-            if let Some(l) = contents.lines().find(|l| l.starts_with(prefix)) {
-                return l.to_string();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("no access log line starts with {prefix:?}");
-    }
-}
-
-impl Drop for AccessLog {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 const OVERFLOW_BODY: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: overflow";
 
@@ -158,7 +110,10 @@ const OVERFLOW_BODY: &str =
 async fn max_requests_overflow_is_a_503_uo_until_the_held_request_ends() {
     let gate = Arc::new(Semaphore::new(0));
     let up = gated("a", gate.clone()).await;
-    let log = AccessLog::new("max-requests");
+    let log = AccessLog::with_format(
+        "max-requests",
+        "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%",
+    );
     let clusters = svc(
         &[up.addr],
         "    circuit_breakers:\n      thresholds:\n      - priority: DEFAULT\n        max_requests: 1\n        track_remaining: true\n",
@@ -181,7 +136,7 @@ async fn max_requests_overflow_is_a_503_uo_until_the_held_request_ends() {
     assert_eq!(r.text(), OVERFLOW_BODY);
     assert_eq!(r.header("x-envoy-overloaded"), "true");
     assert_eq!(
-        log.line("/second ").await,
+        log.line_starting("/second ").await,
         "/second 503 UO upstream_reset_before_response_started{overflow}"
     );
     assert_eq!(legate.stat("cluster.svc.upstream_rq_pending_overflow"), 1);
@@ -212,7 +167,10 @@ async fn max_requests_overflow_is_a_503_uo_until_the_held_request_ends() {
     assert_eq!(legate.stat(&format!("{cb}remaining_rq")), 1);
     let r = get(&legate.url("/third")).await;
     assert_eq!(r.status, 200);
-    assert_eq!(log.line("/third ").await, "/third 200 - via_upstream");
+    assert_eq!(
+        log.line_starting("/third ").await,
+        "/third 200 - via_upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -258,57 +258,6 @@ async fn mtls_subject_alt_name_must_match() {
     assert_eq!(up.request_count(), 1);
 }
 
-/// A file access log with the response flags and the transport failure reason.
-struct AccessLog {
-    path: std::path::PathBuf,
-}
-
-impl AccessLog {
-    fn new(tag: &str) -> AccessLog {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "legate-tls-{tag}-{}-{nanos}.log",
-            std::process::id()
-        ));
-        AccessLog { path }
-    }
-
-    fn hcm_extra(&self) -> String {
-        format!(
-            r#"          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: "{}"
-              log_format: {{ text_format: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% reason=[%UPSTREAM_TRANSPORT_FAILURE_REASON%]\n" }}
-"#,
-            self.path.display()
-        )
-    }
-
-    /// The logged line for `path`, waiting (bounded) for the writer thread.
-    async fn line_for(&self, path: &str) -> String {
-        let prefix = format!("{path} ");
-        for _ in 0..500 {
-            let log = std::fs::read_to_string(&self.path).unwrap_or_default();
-            if let Some(l) = log.lines().find(|l| l.starts_with(&prefix)) {
-                return l.to_string();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("no access log line for {path}");
-    }
-}
-
-impl Drop for AccessLog {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 /// A cluster over `addr` with an `UpstreamTlsContext` sending `sni` and trusting the CA in
 /// `ca_file`; `validation_extra` goes into its `validation_context` (column 12).
 fn tls_cluster(
@@ -370,7 +319,10 @@ async fn upstream_tls_verifies_the_upstream_certificate() {
         ("/expired", "expired"),
         ("/renamed", "renamed"),
     ]);
-    let log = AccessLog::new("upstream");
+    let log = AccessLog::with_format(
+        "upstream",
+        "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% reason=[%UPSTREAM_TRANSPORT_FAILURE_REASON%]",
+    );
     let legate = Legate::start(&config_with(&routes, &clusters, &log.hcm_extra())).await;
 
     let r = get(&legate.url("/good")).await;
@@ -378,7 +330,7 @@ async fn upstream_tls_verifies_the_upstream_certificate() {
     assert_eq!(r.header("x-upstream"), "good");
     assert_eq!(r.header("x-upstream-sni"), "up.example.com");
     assert_eq!(good.request_count(), 1);
-    let line = log.line_for("/good").await;
+    let line = log.line_starting("/good ").await;
     assert!(line.contains(" 200 - reason=[-]"), "{line}");
 
     for (path, up) in [
@@ -394,7 +346,7 @@ async fn upstream_tls_verifies_the_upstream_certificate() {
             "{path}: {}",
             r.text()
         );
-        let line = log.line_for(path).await;
+        let line = log.line_starting(&format!("{path} ")).await;
         assert!(line.contains(" 503 UF "), "{line}");
         assert!(
             line.contains(" 503 UF reason=[TLS_error:"),

@@ -2202,3 +2202,82 @@ static_resources:
         }
     }
 }
+
+/// A file access log for a test's connection manager, read back as the writer thread flushes it
+/// and removed on drop.
+pub struct AccessLog {
+    path: std::path::PathBuf,
+    format: Option<String>,
+}
+
+impl AccessLog {
+    /// Envoy's default format.
+    pub fn new(tag: &str) -> AccessLog {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "legate-test-{tag}-{}-{nanos}.log",
+            std::process::id()
+        ));
+        AccessLog { path, format: None }
+    }
+
+    /// One `text_format` line per request (the newline is added).
+    pub fn with_format(tag: &str, format: &str) -> AccessLog {
+        let mut log = AccessLog::new(tag);
+        log.format = Some(format.to_string());
+        log
+    }
+
+    /// The connection-manager fields that turn the log on.
+    pub fn hcm_extra(&self) -> String {
+        let format = self.format.as_ref().map_or(String::new(), |f| {
+            format!("              log_format: {{ text_format: \"{f}\\n\" }}\n")
+        });
+        format!(
+            r#"          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: "{}"
+{format}"#,
+            self.path.display()
+        )
+    }
+
+    pub fn contents(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+
+    /// The first logged line that `matches`, waiting (bounded) for the writer thread.
+    async fn find(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        for _ in 0..500 {
+            if let Some(line) = self.contents().lines().find(|l| matches(l)) {
+                return line.to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no access log line {what}; log:\n{}", self.contents());
+    }
+
+    /// The first logged line containing `needle`.
+    pub async fn line_with(&self, needle: &str) -> String {
+        self.find(&format!("contains {needle:?}"), |l| l.contains(needle))
+            .await
+    }
+
+    /// The first logged line starting with `prefix`.
+    pub async fn line_starting(&self, prefix: &str) -> String {
+        self.find(&format!("starts with {prefix:?}"), |l| {
+            l.starts_with(prefix)
+        })
+        .await
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
