@@ -151,7 +151,10 @@ pub async fn serve<I>(
         let upgrade = req.version() != Version::HTTP_2
             && (req.headers().contains_key(header::UPGRADE)
                 || req.method() == http::Method::CONNECT);
-        async move {
+        // Boxed: hyper keeps a slot for the request's future in every HTTP/1.1 connection, idle
+        // ones included; boxed, the slot is a pointer and the state lives only while a request
+        // does.
+        Box::pin(async move {
             let resp = cm.handle(req, ds, &shared, verdict).await;
             if upgrade {
                 let tunnel = resp.as_ref().is_ok_and(|r| {
@@ -160,7 +163,7 @@ pub async fn serve<I>(
                 shared.upgrade_decided(tunnel);
             }
             resp
-        }
+        })
     });
     // The guard has already told the protocol apart, so hyper's per-protocol connections are
     // used directly (hyper-util's auto connection would sniff the preface again through a
