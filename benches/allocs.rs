@@ -11,6 +11,11 @@
 //! ALLOC_TRACE=1 cargo bench --bench allocs    # and where they come from (needs addr2line)
 //! ```
 //!
+//! It also counts the write system calls legate's threads made per request (`syscw` in
+//! `/proc/self/task/<tid>/io`, which counts `write` and `writev` but not `send`): hyper's HTTP/1
+//! `writev`s, and any `eventfd` write that wakes tokio's driver. For a proxied HTTP/1.1 request
+//! the floor is 2, the request upstream and the response downstream.
+//!
 //! `ALLOC_TRACE=1` records a stack (glibc `backtrace`) for every counted allocation of a shorter
 //! run, resolves the distinct return addresses once with `addr2line`, and prints the allocation
 //! sites per request, grouped by the innermost legate function and by the innermost frames.
@@ -59,6 +64,22 @@ const DEPTH: usize = 48;
 /// Recorded stacks: return addresses, innermost first (slots of the allocator itself included).
 static STACKS: Mutex<Vec<([usize; DEPTH], u64)>> = Mutex::new(Vec::new());
 static STACKS_LEN: AtomicUsize = AtomicUsize::new(0);
+/// legate's runtime threads, for their system call counters.
+static THREADS: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+
+/// Write system calls made so far by legate's threads.
+fn legate_write_syscalls() -> u64 {
+    let threads = THREADS.lock().map(|t| t.clone()).unwrap_or_default();
+    threads
+        .iter()
+        .filter_map(|tid| std::fs::read_to_string(format!("/proc/self/task/{tid}/io")).ok())
+        .filter_map(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("syscw:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
 
 fn count(size: usize, realloc: bool) {
     if !ENABLED.load(Ordering::Relaxed) {
@@ -191,7 +212,14 @@ static_resources:
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .on_thread_start(|| COUNT_ME.with(|c| c.set(true)))
+            .on_thread_start(|| {
+                COUNT_ME.with(|c| c.set(true));
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::gettid() };
+                if let Ok(mut t) = THREADS.lock() {
+                    t.push(tid);
+                }
+            })
             .enable_all()
             .build()
             .expect("legate runtime");
@@ -262,6 +290,7 @@ impl Sender {
 }
 
 struct Counts {
+    write_syscalls: u64,
     allocs: u64,
     reallocs: u64,
     bytes: u64,
@@ -283,12 +312,14 @@ fn measure(
         ALLOCS.store(0, Ordering::SeqCst);
         REALLOCS.store(0, Ordering::SeqCst);
         BYTES.store(0, Ordering::SeqCst);
+        let writes = legate_write_syscalls();
         ENABLED.store(true, Ordering::SeqCst);
         for _ in 0..n {
             c.get().await;
         }
         ENABLED.store(false, Ordering::SeqCst);
         Counts {
+            write_syscalls: legate_write_syscalls() - writes,
             allocs: ALLOCS.load(Ordering::SeqCst),
             reallocs: REALLOCS.load(Ordering::SeqCst),
             bytes: BYTES.load(Ordering::SeqCst),
@@ -319,11 +350,12 @@ fn main() {
         let c = measure(&rt, legate, h2, warmup, n);
         let per = |x: u64| x as f64 / n as f64;
         println!(
-            "{name}: {:.1} allocations/request ({:.1} alloc + {:.1} realloc), {:.0} bytes/request",
+            "{name}: {:.1} allocations/request ({:.1} alloc + {:.1} realloc), {:.0} bytes/request, {:.2} write system calls/request",
             per(c.allocs + c.reallocs),
             per(c.allocs),
             per(c.reallocs),
-            per(c.bytes)
+            per(c.bytes),
+            per(c.write_syscalls)
         );
     }
     if std::env::var("ALLOC_TRACE").is_ok_and(|v| v == "1") {
