@@ -21,14 +21,14 @@ use arc_swap::ArcSwap;
 use crossbeam_queue::SegQueue;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use super::h1_conn::H1Conn;
+pub use super::h1_conn::{H1Conn, H1Error, Upgraded};
 
 /// Envoy's default upstream `idle_timeout` (HttpProtocolOptions).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -50,7 +50,7 @@ pub struct EndpointPool {
 }
 
 struct Idle {
-    conn: H1Conn,
+    conn: Box<H1Conn>,
     since: Instant,
 }
 
@@ -105,8 +105,31 @@ impl Drop for H2Stream {
 
 /// A connection (HTTP/1.1) or a stream slot (HTTP/2) checked out for one request.
 pub enum Upstream {
-    H1(H1Conn),
+    /// Boxed: the pool and the request move a pointer, not the connection's buffers and state.
+    H1(Box<H1Conn>),
     H2(H2Stream),
+}
+
+/// A response body: HTTP/1.1 bodies are read from the connection itself (kept in the
+/// [`Upstream`] beside the body), HTTP/2 bodies come from hyper's stream.
+pub enum UpstreamBody {
+    H1,
+    H2(Incoming),
+}
+
+/// Why sending failed. The request comes back when it never left (a connection found closed
+/// before sending, or an HTTP/2 connection that went away), so another connection can take it.
+pub struct SendError {
+    pub error: UpstreamError,
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    H1(#[from] H1Error),
+    #[error(transparent)]
+    H2(#[from] hyper::Error),
 }
 
 pub struct PooledConn {
@@ -124,10 +147,22 @@ impl PooledConn {
     pub async fn send(
         &mut self,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         match &mut self.upstream {
-            Upstream::H1(c) => c.send(req).await,
-            Upstream::H2(s) => s.conn.sender.clone().try_send_request(req).await,
+            Upstream::H1(c) => match c.send(req).await {
+                Ok(resp) => Ok(resp.map(|()| UpstreamBody::H1)),
+                Err(e) => Err(SendError {
+                    error: e.error.into(),
+                    unsent: e.unsent,
+                }),
+            },
+            Upstream::H2(s) => match s.conn.sender.clone().try_send_request(req).await {
+                Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
+                Err(mut e) => Err(SendError {
+                    unsent: e.take_message(),
+                    error: e.into_error().into(),
+                }),
+            },
         }
     }
 }
@@ -178,9 +213,8 @@ impl EndpointPool {
             if idle.since.elapsed() > IDLE_TIMEOUT {
                 continue; // dropping it closes the connection
             }
-            // The connection was queued as soon as its response body ended and nobody has
-            // polled it since: let it finish that message (and notice a close by the upstream).
-            if conn.ready().await {
+            // Nobody has polled it since it was queued: see whether the upstream closed it.
+            if conn.check_open() {
                 return Ok(PooledConn {
                     upstream: Upstream::H1(conn),
                     reused: true,
@@ -249,10 +283,10 @@ impl EndpointPool {
     }
 
     /// Give an HTTP/1.1 connection back after its response finished cleanly.
-    pub fn checkin(&self, conn: H1Conn) {
+    pub fn checkin(&self, conn: Box<H1Conn>) {
         // Acquire pairs with the Release in `close`: once closed, no connection is queued again.
         // Whether the upstream closed it is found out at checkout, which polls it anyway.
-        if self.closed.load(Ordering::Acquire) || conn.is_closed() {
+        if self.closed.load(Ordering::Acquire) || !conn.is_reusable() {
             return;
         }
         if self.idle_len.fetch_add(1, Ordering::Relaxed) >= MAX_IDLE {
@@ -354,14 +388,10 @@ impl EndpointPool {
     async fn connect_h1(&self, cluster: &Cluster, host: &Host) -> Result<PooledConn, ConnectError> {
         let (stream, slot) = self.dial(cluster, host).await?;
         cluster.stats.upstream_cx_http1_total.increment(1);
-        let (sender, conn) = http1::Builder::new()
-            .handshake::<_, RequestBody>(TokioIo::new(stream))
-            .await?;
         let active = Self::active_guard(cluster, host, slot);
-        // No task of its own: the requests using it drive it (see `H1Conn`). With upgrades
-        // enabled, a `101` hands the socket to a WebSocket tunnel.
+        // No task of its own: the requests using it drive it (see `H1Conn`).
         Ok(PooledConn {
-            upstream: Upstream::H1(H1Conn::new(sender, conn.with_upgrades(), active)),
+            upstream: Upstream::H1(Box::new(H1Conn::new(stream, active))),
             reused: false,
         })
     }

@@ -8,6 +8,7 @@
 pub mod circuit_breaker;
 pub mod dns;
 pub mod endpoint_pool;
+pub mod h1_codec;
 pub mod h1_conn;
 pub mod load_balancer;
 pub mod transport;

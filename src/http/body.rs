@@ -1,8 +1,10 @@
-//! Bodies on both hops. Both wrap hyper's `Incoming` without copying: frames pass through as
-//! they arrive, so backpressure is hyper's own (a slow reader stops the upstream read).
+//! Bodies on both hops. Frames pass through as they arrive, without copying: a downstream body
+//! is hyper's `Incoming`, an upstream one hyper's HTTP/2 stream or a slice of legate's own
+//! HTTP/1.1 connection's read buffer. Backpressure is end to end: nothing is read from one side
+//! before the other side has taken the previous frame.
 
 use super::stream_info::StreamInfo;
-use crate::cluster::endpoint_pool::Upstream;
+use crate::cluster::endpoint_pool::{Upstream, UpstreamBody};
 use crate::cluster::Host;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -136,13 +138,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct StreamIdle;
 
 enum Kind {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
 impl ResponseBody {
     pub fn upstream(
-        body: Incoming,
+        body: UpstreamBody,
         stream: Box<StreamInfo>,
         conn: Upstream,
         host: Arc<Host>,
@@ -194,15 +196,20 @@ impl Body for ResponseBody {
         let frame = match &mut this.kind {
             Kind::Full(b) => b.take().map(|b| Ok(Frame::data(b))),
             Kind::Upstream(body) => {
-                // An HTTP/1.1 upstream connection is driven by this task: let it read the
-                // next bytes of the body before asking for them.
-                if let Some((Upstream::H1(conn), _)) = &mut this.conn {
-                    conn.poll_conn(cx);
-                }
-                match Pin::new(body).poll_frame(cx) {
+                let polled = match (body, &mut this.conn) {
+                    (UpstreamBody::H2(body), _) => Pin::new(body)
+                        .poll_frame(cx)
+                        .map(|f| f.map(|r| r.map_err(BoxError::from))),
+                    // An HTTP/1.1 body is read from the connection, by this task.
+                    (UpstreamBody::H1, Some((Upstream::H1(conn), _))) => conn
+                        .poll_frame(cx)
+                        .map(|f| f.map(|r| r.map_err(BoxError::from))),
+                    (UpstreamBody::H1, _) => Poll::Ready(None),
+                };
+                match polled {
                     Poll::Ready(f) => {
                         this.idle_sleep = None;
-                        f.map(|r| r.map_err(BoxError::from))
+                        f
                     }
                     Poll::Pending => {
                         // The upstream has sent nothing since this wait began.
@@ -250,16 +257,21 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(b) => b.is_none(),
-            Kind::Upstream(b) => b.is_end_stream(),
+        match (&self.kind, &self.conn) {
+            (Kind::Full(b), _) => b.is_none(),
+            (Kind::Upstream(UpstreamBody::H2(b)), _) => b.is_end_stream(),
+            (Kind::Upstream(UpstreamBody::H1), Some((Upstream::H1(c), _))) => c.body_is_end(),
+            // The connection is gone: the body ended early, or is over already (`finish`).
+            (Kind::Upstream(UpstreamBody::H1), _) => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(b) => b.size_hint(),
+        match (&self.kind, &self.conn) {
+            (Kind::Full(b), _) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            (Kind::Upstream(UpstreamBody::H2(b)), _) => b.size_hint(),
+            (Kind::Upstream(UpstreamBody::H1), Some((Upstream::H1(c), _))) => c.body_size_hint(),
+            (Kind::Upstream(UpstreamBody::H1), _) => SizeHint::default(),
         }
     }
 }

@@ -10,6 +10,18 @@ pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 /// Set to `true` on a local reply for a request a circuit breaker refused (Envoy's router).
 pub static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+/// `x-envoy-upstream-service-time` for `ms` milliseconds. Values under a second (nearly all)
+/// come from a table built once: cloning a shared value costs no allocation, formatting a new
+/// one costs two.
+pub fn service_time(ms: u64) -> HeaderValue {
+    static SMALL: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..1000u64).map(HeaderValue::from).collect());
+    match SMALL.get(ms as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(ms),
+    }
+}
+
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -132,6 +144,13 @@ pub fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_time_is_decimal_milliseconds() {
+        for ms in [0, 7, 999, 1000, 123_456] {
+            assert_eq!(service_time(ms), ms.to_string().as_str());
+        }
+    }
 
     #[test]
     fn strips_connection_and_named_headers() {

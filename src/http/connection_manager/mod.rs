@@ -17,6 +17,7 @@ use super::router::{self, Action, RouteTable};
 use super::stream_info::StreamInfo;
 use super::validation::{self, UnderscoreStats, Verdict};
 use crate::bootstrap::{CodecType, DownstreamLimits, HcmConfig, Http2Settings};
+use crate::cluster::endpoint_pool::{Upgraded, Upstream, UpstreamBody};
 use crate::cluster::Cluster;
 use crate::observe::access_log::{AccessLogger, Captured, RequestParts};
 use crate::observe::stats::StatusCounters;
@@ -34,6 +35,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
 /// One connection manager per listener filter chain, shared by all its connections.
 pub struct ConnectionManager {
@@ -438,27 +440,29 @@ impl ConnectionManager {
     fn upstream_response(
         &self,
         mut info: Box<StreamInfo>,
-        mut resp: Response<Incoming>,
-        upstream: crate::cluster::endpoint_pool::Upstream,
+        resp: Response<UpstreamBody>,
+        upstream: Upstream,
         host: Arc<crate::cluster::Host>,
         version: Version,
         on_upgrade: Option<OnUpgrade>,
     ) -> Response<ResponseBody> {
-        let tunnel = match on_upgrade {
-            Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                Some((down, hyper::upgrade::on(&mut resp)))
-            }
-            _ => None,
-        };
         let (mut parts, body) = resp.into_parts();
-        if tunnel.is_none() {
+        // An HTTP/1.1 upstream answers `101` only to a request that asked to upgrade.
+        let tunnel = match (on_upgrade, upstream) {
+            (Some(down), Upstream::H1(conn)) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+                Ok((down, conn.into_upgraded()))
+            }
+            (_, upstream) => Err(upstream),
+        };
+        if tunnel.is_err() {
             headers::strip_hop_by_hop(&mut parts.headers);
         }
         if let Some(t) = info.upstream_start {
             let ms = t.elapsed().as_millis() as u64;
-            parts
-                .headers
-                .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(ms));
+            parts.headers.insert(
+                X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                headers::service_time(ms),
+            );
         }
         parts
             .headers
@@ -469,31 +473,32 @@ impl ConnectionManager {
         self.capture_response(&mut info, &parts.headers);
         match tunnel {
             // The upstream connection now belongs to the tunnel; it never returns to the pool.
-            Some((down, up)) => {
-                // The upgraded socket is released when the upstream connection's future ends;
-                // it never returns to the pool.
-                if let crate::cluster::endpoint_pool::Upstream::H1(conn) = upstream {
-                    conn.spawn_to_completion();
-                }
+            Ok((down, up)) => {
                 self.spawn_tunnel(down, up);
                 Response::from_parts(parts, ResponseBody::full(Bytes::new(), Some(info)))
             }
-            None => Response::from_parts(parts, ResponseBody::upstream(body, info, upstream, host)),
+            Err(upstream) => {
+                Response::from_parts(parts, ResponseBody::upstream(body, info, upstream, host))
+            }
         }
     }
 
     /// Splice an upgraded (WebSocket) connection to its upstream until either side closes.
-    fn spawn_tunnel(&self, down: OnUpgrade, up: OnUpgrade) {
+    fn spawn_tunnel(&self, down: OnUpgrade, mut up: Upgraded) {
         let total = self.stats.downstream_cx_upgrades_total.clone();
         let active = self.stats.downstream_cx_upgrades_active.clone();
         tokio::spawn(async move {
-            let (Ok(down), Ok(up)) = tokio::join!(down, up) else {
+            let Ok(down) = down.await else {
                 return;
             };
+            let mut down = TokioIo::new(down);
+            // What the upstream sent right behind its `101` was read with the response head.
+            if !up.leftover.is_empty() && down.write_all(&up.leftover).await.is_err() {
+                return;
+            }
             total.increment(1);
             active.increment(1.0);
-            let _ =
-                tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
+            let _ = tokio::io::copy_bidirectional(&mut down, &mut up.io).await;
             active.decrement(1.0);
         });
     }

@@ -2,7 +2,7 @@
 //! headers within the route timeout. Failures come back as [`LocalReply`]s.
 
 use super::{Forward, PathMatch};
-use crate::cluster::endpoint_pool::Upstream;
+use crate::cluster::endpoint_pool::{H1Error, SendError, Upstream, UpstreamBody, UpstreamError};
 use crate::cluster::{Cluster, Host};
 use crate::http::body::RequestBody;
 use crate::http::headers::X_ENVOY_ORIGINAL_PATH;
@@ -25,7 +25,7 @@ pub async fn forward(
     fwd: &Forward<Arc<Cluster>>,
     mut parts: Parts,
     body: Incoming,
-) -> Result<(Response<Incoming>, Upstream, Arc<Host>), LocalReply> {
+) -> Result<(Response<UpstreamBody>, Upstream, Arc<Host>), LocalReply> {
     let cluster = &fwd.cluster;
     let Some(host) = cluster.pick() else {
         cluster.stats.upstream_cx_none_healthy.increment(1);
@@ -75,7 +75,7 @@ async fn send(
     body: RequestBody,
     downstream_h2: bool,
     info: &mut StreamInfo,
-) -> Result<(Response<Incoming>, Upstream), LocalReply> {
+) -> Result<(Response<UpstreamBody>, Upstream), LocalReply> {
     let may_use_h2 = !matches!(
         cluster.config.protocol,
         crate::bootstrap::UpstreamProtocol::Http1
@@ -95,39 +95,37 @@ async fn send(
             .map_err(LocalReply::from)?;
         adapt_to_upstream(&mut req, conn.is_http2(), host);
         info.upstream_start = Some(Instant::now());
-        let mut err = match conn.send(req).await {
+        let SendError { error, unsent } = match conn.send(req).await {
             Ok(resp) => {
-                if let Err(why) = check_response(&resp) {
-                    // The connection is dropped with the response, never reused.
-                    tracing::debug!("malformed upstream response: {why}");
-                    return Err(LocalReply::UpstreamProtocolError);
+                // legate's HTTP/1.1 codec refuses these itself while parsing.
+                if conn.is_http2() {
+                    if let Err(why) = check_response(&resp) {
+                        tracing::debug!("malformed upstream response: {why}");
+                        return Err(LocalReply::UpstreamProtocolError);
+                    }
                 }
                 return Ok((resp, conn.upstream));
             }
             Err(e) => e,
         };
         let last = attempt == UPSTREAM_ATTEMPTS;
-        req = match err.take_message() {
+        req = match (unsent, error) {
             // The connection closed before the request went out (a pooled connection the
             // upstream closed while idle, or an HTTP/2 connection that just went away). Nothing
             // was sent; use another connection.
-            Some(unsent) if !last && (conn.reused || conn.is_http2()) => unsent,
-            _ => {
-                let err = err.into_error();
-                match (&retry_head, refused_stream(&err)) {
-                    (Some(head), true)
-                        if !last && cluster.circuit_breakers.retry(&mut retry_slot) =>
-                    {
-                        cluster.stats.upstream_rq_retry.increment(1);
-                        let mut r = Request::new(RequestBody::empty());
-                        *r.method_mut() = head.method.clone();
-                        *r.uri_mut() = head.uri.clone();
-                        *r.headers_mut() = head.headers.clone();
-                        r
-                    }
-                    _ => return Err(classify(cluster, &err)),
+            (Some(unsent), _) if !last && (conn.reused || conn.is_http2()) => unsent,
+            (_, UpstreamError::H2(err)) => match (&retry_head, refused_stream(&err)) {
+                (Some(head), true) if !last && cluster.circuit_breakers.retry(&mut retry_slot) => {
+                    cluster.stats.upstream_rq_retry.increment(1);
+                    let mut r = Request::new(RequestBody::empty());
+                    *r.method_mut() = head.method.clone();
+                    *r.uri_mut() = head.uri.clone();
+                    *r.headers_mut() = head.headers.clone();
+                    r
                 }
-            }
+                _ => return Err(classify(cluster, &err)),
+            },
+            (_, UpstreamError::H1(err)) => return Err(classify_h1(cluster, &err)),
         };
     }
     Err(LocalReply::ConnectionTermination)
@@ -142,9 +140,9 @@ const UPSTREAM_ATTEMPTS: usize = 3;
 const MAX_RESPONSE_HEADERS: usize = 100;
 const MAX_RESPONSE_HEADER_BYTES: usize = 80 * 1024;
 
-/// What hyper's client accepts but a proxy must not pass on: `Content-Length` with
+/// What hyper's HTTP/2 client accepts but a proxy must not pass on: `Content-Length` with
 /// `Transfer-Encoding`, a transfer coding other than `chunked`, too many or too large headers.
-fn check_response(resp: &Response<Incoming>) -> Result<(), &'static str> {
+fn check_response<B>(resp: &Response<B>) -> Result<(), &'static str> {
     let h = resp.headers();
     if let Some(te) = h.get(header::TRANSFER_ENCODING) {
         if h.contains_key(header::CONTENT_LENGTH) {
@@ -183,7 +181,23 @@ fn refused_stream(err: &hyper::Error) -> bool {
     false
 }
 
-/// Map a failure before response headers to Envoy's answer.
+/// Map a failure of an HTTP/1.1 exchange before response headers to Envoy's answer.
+fn classify_h1(cluster: &Cluster, err: &H1Error) -> LocalReply {
+    match err {
+        H1Error::Malformed(m) => {
+            tracing::debug!("{m}");
+            LocalReply::UpstreamProtocolError
+        }
+        // The downstream's fault; the connection manager answers it as such.
+        H1Error::RequestBody(_) => LocalReply::ConnectionTermination,
+        H1Error::Closed | H1Error::Io(_) => {
+            cluster.stats.upstream_rq_rx_reset.increment(1);
+            LocalReply::ConnectionTermination
+        }
+    }
+}
+
+/// Map a failure of an HTTP/2 stream before response headers to Envoy's answer.
 fn classify(cluster: &Cluster, err: &hyper::Error) -> LocalReply {
     if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
         return LocalReply::UpstreamProtocolError;
