@@ -3,8 +3,6 @@
 //! connection reuse and when it must not happen, the request bytes an upstream receives, and
 //! malformed or misbehaving upstreams. The upstreams are scripted on raw TCP so every byte on
 //! the wire is the test's choice; the clients are real hyper clients.
-//!
-//! Ignored tests assert Envoy's behaviour where legate differs today (each says why).
 
 mod common;
 use common::*;
@@ -521,12 +519,10 @@ async fn chunked_body_with_trailers() {
 }
 
 /// A response that ends with trailers is complete: Envoy logs it without flags and keeps the
-/// connection. legate's response body is dropped by the downstream HTTP/1.1 codec after the
-/// trailers frame without being polled to its end, so the request is finished as incomplete:
-/// logged `DC` (downstream_remote_disconnect), counted in `downstream_rq_rx_reset`, and the
-/// upstream connection is closed instead of pooled.
+/// connection. (With hyper's client the trailers frame was the body's last, the downstream
+/// codec dropped the body without polling it to its end, and the request was logged `DC` and
+/// its connection closed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a response ending in trailers is finished as incomplete: logged DC, connection not reused"]
 async fn chunked_body_with_trailers_completes_and_is_reused() {
     bounded(async {
         let up = trailers_upstream().await;
@@ -847,8 +843,8 @@ async fn empty_posts(legate: &Legate) {
 }
 
 /// What the upstream gets for an empty POST: no body, no transfer-encoding, and the downstream's
-/// `content-length: 0` when it sent one. Without one, legate sends none today (Envoy would send
-/// `content-length: 0`, see the ignored test below); either passes here.
+/// `content-length: 0` when it sent one (the exact header for the other cases is pinned by the
+/// test below).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_post_reaches_the_upstream_bodiless() {
     bounded(async {
@@ -879,7 +875,6 @@ async fn empty_post_reaches_the_upstream_bodiless() {
 /// downstream sent; RFC 9110 §8.6 says a user agent SHOULD send it for methods that define
 /// content. Some servers answer a POST without it with 411 Length Required.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "legate sends an empty POST upstream without content-length; Envoy sends content-length: 0"]
 async fn empty_post_reaches_the_upstream_with_content_length_zero() {
     bounded(async {
         let up = Scripted::responder(|_req| keep(ok("ok"))).await;
@@ -1112,14 +1107,10 @@ async fn stray_bytes_on_an_idle_connection_end_it() {
 /// The upstream closes a keep-alive connection while it idles in legate's pool (as servers do
 /// when their keep-alive timeout passes); the next request must not be lost on it.
 ///
-/// Today it hangs until the route timeout (15 s, then 504): nothing polls an idle connection,
-/// so the close is seen at checkout, where `H1Conn::ready` drives the connection future to its
-/// end (EOF on an idle connection is a clean finish) but then asks hyper's `SendRequest`, which
-/// still says ready because the finished connection future (holding the request channel) is
-/// kept, not dropped. The request is queued on a dead connection and its response never comes.
-/// (An error, unlike a clean EOF, closes the channel: stray bytes are handled, see above.)
+/// Nothing polls an idle connection, so the close is seen at checkout (`H1Conn::check_open`) and
+/// the request goes to a new connection. (With hyper's client the request was queued on the dead
+/// connection and hung until the route timeout, then 504.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a pooled connection closed by the upstream while idle strands the next request until the route timeout (504)"]
 async fn idle_connection_closed_by_the_upstream_is_replaced() {
     bounded(async {
         let up = Scripted::start(|mut peer| async move {
@@ -1150,13 +1141,9 @@ async fn idle_connection_closed_by_the_upstream_is_replaced() {
 
 /// The same close racing with the next request: the upstream closes each connection right after
 /// its response, so the close arrives sometimes with the response (seen before the connection is
-/// pooled: fine today), sometimes while it is pooled or being checked out (the request hangs). A request that was not sent may go on a fresh connection (200); one that
-/// was sent may fail (503, as in Envoy). None may hang.
-///
-/// Today a close noticed at checkout or between checkout and send strands the request (see the
-/// test above): it waits for the route timeout (15 s, then 504).
+/// pooled), sometimes while it is pooled or being checked out. A request that was not sent may
+/// go on a fresh connection (200); one that was sent may fail (503, as in Envoy). None may hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "an upstream close noticed at checkout strands the request until the route timeout (504)"]
 async fn upstream_closing_after_every_response_never_hangs_a_request() {
     bounded(async {
         let up = Scripted::responder(|req| close(ok(&format!("conn {}", req.conn)))).await;

@@ -61,6 +61,11 @@ pub fn encode_request_head(
         out.put_slice(b"\r\n");
     }
     let framing = if body_end {
+        // RFC 9110 §8.6: a request without content says so when its method anticipates content
+        // (Envoy's codec does the same; some servers answer a bare POST with 411).
+        if !has_length && matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+            out.put_slice(b"content-length: 0\r\n");
+        }
         RequestFraming::None
     } else if has_length {
         RequestFraming::Length
@@ -152,13 +157,11 @@ pub fn parse_response_head(
 ) -> Result<Option<ResponseHead>, Malformed> {
     // The header slots stay uninitialised until parsed (initialising 100 costs more than
     // parsing a small head).
-    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        buf,
-        &mut slots,
-    );
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
@@ -427,6 +430,10 @@ mod tests {
             RequestFraming::Length
         );
         assert!(out.ends_with(b"content-length: 1234567\r\n\r\n"));
+        let post = Request::post("/").body(()).unwrap();
+        let mut out = BytesMut::new();
+        encode(&post, true, Some(0), &mut out);
+        assert_eq!(&out[..], b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
         let get = Request::get("/").body(()).unwrap();
         let mut out = BytesMut::new();
         assert_eq!(encode(&get, true, Some(0), &mut out), RequestFraming::None);
