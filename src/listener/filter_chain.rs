@@ -94,17 +94,11 @@ pub struct ConnMeta<'a> {
 /// not constrain it, larger = more specific.
 type Score = Option<u32>;
 
-fn narrow(candidates: Vec<usize>, score: impl Fn(usize) -> Score) -> Vec<usize> {
-    let scored: Vec<(usize, u32)> = candidates
-        .into_iter()
-        .filter_map(|i| score(i).map(|s| (i, s)))
-        .collect();
-    let best = scored.iter().map(|(_, s)| *s).max();
-    scored
-        .into_iter()
-        .filter(|(_, s)| Some(*s) == best)
-        .map(|(i, _)| i)
-        .collect()
+/// Keep the candidates that match with the best score. In place: a new connection's chain
+/// choice runs nine of these and should not allocate for each.
+fn narrow(candidates: &mut Vec<usize>, score: impl Fn(usize) -> Score) {
+    let best = candidates.iter().filter_map(|&i| score(i)).max();
+    candidates.retain(|&i| best.is_some() && score(i) == best);
 }
 
 fn cidr_score(ranges: &[Cidr], ip: IpAddr) -> Score {
@@ -144,19 +138,19 @@ pub fn select(chains: &[&ChainMatch], m: &ConnMeta<'_>) -> Option<usize> {
     let mut c: Vec<usize> = (0..chains.len()).collect();
     let dst_ip = m.destination.ip();
     let src_ip = m.source.ip();
-    c = narrow(c, |i| match chains[i].destination_port {
+    narrow(&mut c, |i| match chains[i].destination_port {
         None => Some(0),
         Some(p) => (p == m.destination.port()).then_some(1),
     });
-    c = narrow(c, |i| cidr_score(&chains[i].prefix_ranges, dst_ip));
-    c = narrow(c, |i| {
+    narrow(&mut c, |i| cidr_score(&chains[i].prefix_ranges, dst_ip));
+    narrow(&mut c, |i| {
         server_name_score(&chains[i].server_names, m.server_name)
     });
-    c = narrow(c, |i| match &chains[i].transport_protocol {
+    narrow(&mut c, |i| match &chains[i].transport_protocol {
         None => Some(0),
         Some(t) => (t == m.transport_protocol).then_some(1),
     });
-    c = narrow(c, |i| {
+    narrow(&mut c, |i| {
         let ps = &chains[i].application_protocols;
         if ps.is_empty() {
             Some(0)
@@ -166,16 +160,18 @@ pub fn select(chains: &[&ChainMatch], m: &ConnMeta<'_>) -> Option<usize> {
                 .then_some(1)
         }
     });
-    c = narrow(c, |i| {
+    narrow(&mut c, |i| {
         cidr_score(&chains[i].direct_source_prefix_ranges, src_ip)
     });
-    c = narrow(c, |i| match chains[i].source_type {
+    narrow(&mut c, |i| match chains[i].source_type {
         SourceType::Any => Some(0),
         SourceType::SameIpOrLoopback => (src_ip.is_loopback() || src_ip == dst_ip).then_some(1),
         SourceType::External => (!(src_ip.is_loopback() || src_ip == dst_ip)).then_some(1),
     });
-    c = narrow(c, |i| cidr_score(&chains[i].source_prefix_ranges, src_ip));
-    c = narrow(c, |i| {
+    narrow(&mut c, |i| {
+        cidr_score(&chains[i].source_prefix_ranges, src_ip)
+    });
+    narrow(&mut c, |i| {
         let ps = &chains[i].source_ports;
         if ps.is_empty() {
             Some(0)

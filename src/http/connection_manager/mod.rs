@@ -359,6 +359,9 @@ impl ConnectionManager {
                 };
                 let route_timeout = Some(deadline.unwrap_or(fwd.timeout)).filter(|d| !d.is_zero());
                 let progress = info.request.clone();
+                // Wrapped before the timers start: a bodiless request is complete from the
+                // start, so its route timer is armed once.
+                let body = super::body::RequestBody::new(body, progress.clone());
                 let start = info.start;
                 let sent = {
                     let forward = std::pin::pin!(router::forward::forward(

@@ -12,7 +12,6 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +23,7 @@ pub async fn forward(
     path_match: &PathMatch,
     fwd: &Forward<Arc<Cluster>>,
     mut parts: Parts,
-    body: Incoming,
+    body: RequestBody,
 ) -> Result<(Response<UpstreamBody>, Upstream, Arc<Host>), LocalReply> {
     let cluster = &fwd.cluster;
     let Some(host) = cluster.pick() else {
@@ -46,7 +45,6 @@ pub async fn forward(
 
     let downstream_h2 = parts.version == Version::HTTP_2;
     rewrite_target(&mut parts, path_match, fwd);
-    let body = RequestBody::new(body, info.request.clone());
     let (resp, upstream) = send(cluster, &host, parts, body, downstream_h2, info).await?;
     Ok((resp, upstream, host))
 }
