@@ -145,6 +145,9 @@ pub struct ResponseHead {
     pub body: Option<BodyFraming>,
     /// The connection may carry another request after this response.
     pub keep_alive: bool,
+    /// The hop-by-hop headers are not in `headers` (they are, after a `101`, and when
+    /// `Connection` names other headers, which the connection manager then removes).
+    pub hop_by_hop_removed: bool,
 }
 
 /// Parse a response head from the front of `buf`, consuming it. `Ok(None)`: incomplete.
@@ -199,20 +202,28 @@ pub fn parse_response_head(
         })
         .collect();
     let head = buf.split_to(len).freeze();
+    // After a `101` the headers go to the client as they are (the tunnel needs `Upgrade` and
+    // `Connection`); otherwise hop-by-hop headers are read for framing and left out here, so
+    // the connection manager need not look for them again.
+    let upgrading = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut hop = HopByHop::default();
     // Room for the headers the proxy adds (`server`, `x-envoy-upstream-service-time`), so that
     // adding them does not grow the map.
     let mut headers = HeaderMap::with_capacity(count + 4);
     for &(name_at, name_len, value_at, value_len) in &spans {
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| Malformed("invalid header name"))?;
+        if hop.observe(&name, &head[value_at..value_at + value_len]) && !upgrading {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
             .map_err(|_| Malformed("invalid header value"))?;
         headers.append(name, value);
     }
 
     let keep_alive = match version {
-        Version::HTTP_11 => !has_token(&headers, header::CONNECTION, "close"),
-        _ => has_token(&headers, header::CONNECTION, "keep-alive"),
+        Version::HTTP_11 => !hop.close,
+        _ => hop.keep_alive,
     };
     let no_body = status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -221,7 +232,7 @@ pub fn parse_response_head(
     let body = if no_body {
         None
     } else {
-        Some(body_framing(&headers)?)
+        Some(hop.body_framing()?)
     };
     let keep_alive = keep_alive && !matches!(body, Some(BodyFraming::UntilClose));
     Ok(Some(ResponseHead {
@@ -230,39 +241,84 @@ pub fn parse_response_head(
         headers,
         body,
         keep_alive,
+        hop_by_hop_removed: !upgrading && !hop.names_others,
     }))
 }
 
-fn body_framing(headers: &HeaderMap) -> Result<BodyFraming, Malformed> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            return Err(Malformed("content-length with transfer-encoding"));
-        }
-        let mut all = headers.get_all(header::TRANSFER_ENCODING).iter();
-        let only_chunked = all
-            .next()
-            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
-            && all.next().is_none();
-        if !only_chunked {
-            return Err(Malformed("transfer-encoding other than chunked"));
-        }
-        return Ok(BodyFraming::Chunked(ChunkedDecoder::default()));
-    }
-    let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        // A list (`10, 10`) is allowed when every member agrees (RFC 9110 §8.6).
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let n = parse_decimal(part.trim_ascii()).ok_or(Malformed("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Malformed("conflicting content-length"));
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What the framing and hop-by-hop headers of a response said.
+#[derive(Default)]
+struct HopByHop {
+    close: bool,
+    keep_alive: bool,
+    /// `Connection` names other headers, which are hop-by-hop too.
+    names_others: bool,
+    transfer_encodings: usize,
+    chunked: bool,
+    length: Option<u64>,
+    bad_length: Option<&'static str>,
+}
+
+impl HopByHop {
+    /// Note one header; true when it is hop-by-hop (`Connection`, `Keep-Alive`,
+    /// `Proxy-Connection`, `Upgrade`, `Transfer-Encoding`, and `TE` other than `trailers`, as
+    /// [`crate::http::headers::strip_hop_by_hop`] removes).
+    fn observe(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+        if name == header::CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"upgrade") {
+                    self.names_others = true;
+                }
             }
-            length = Some(n);
+            true
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encodings += 1;
+            self.chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            true
+        } else if name == header::CONTENT_LENGTH {
+            // A list (`10, 10`) is allowed when every member agrees (RFC 9110 §8.6).
+            for part in value.split(|&b| b == b',') {
+                match parse_decimal(part.trim_ascii()) {
+                    None => self.bad_length = Some("invalid content-length"),
+                    Some(n) if self.length.is_some_and(|l| l != n) => {
+                        self.bad_length = Some("conflicting content-length")
+                    }
+                    Some(n) => self.length = Some(n),
+                }
+            }
+            false
+        } else if name == header::TE {
+            !value.trim_ascii().eq_ignore_ascii_case(b"trailers")
+        } else {
+            name == header::UPGRADE || name == KEEP_ALIVE || name == PROXY_CONNECTION
         }
     }
-    Ok(match length {
-        Some(n) => BodyFraming::Length(n),
-        None => BodyFraming::UntilClose,
-    })
+
+    /// How the body is delimited (RFC 9112 §6.3), for a response that has one.
+    fn body_framing(&self) -> Result<BodyFraming, Malformed> {
+        if self.transfer_encodings > 0 {
+            if self.length.is_some() || self.bad_length.is_some() {
+                return Err(Malformed("content-length with transfer-encoding"));
+            }
+            if self.transfer_encodings > 1 || !self.chunked {
+                return Err(Malformed("transfer-encoding other than chunked"));
+            }
+            return Ok(BodyFraming::Chunked(ChunkedDecoder::default()));
+        }
+        if let Some(why) = self.bad_length {
+            return Err(Malformed(why));
+        }
+        Ok(match self.length {
+            Some(n) => BodyFraming::Length(n),
+            None => BodyFraming::UntilClose,
+        })
+    }
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
@@ -271,14 +327,6 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
     }
     digits.iter().try_fold(0u64, |acc, &d| {
         d.is_ascii_digit().then(|| acc * 10 + u64::from(d - b'0'))
-    })
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     })
 }
 
@@ -490,6 +538,40 @@ mod tests {
         assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 5", Method::GET)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_left_out() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Transfer-Encoding: chunked\r\nTE: gzip\r\nx-a: 1\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.hop_by_hop_removed);
+        assert_eq!(h.headers.len(), 1, "{:?}", h.headers);
+        assert!(matches!(h.body, Some(BodyFraming::Chunked(_))));
+        // A header named by Connection is hop-by-hop too: the connection manager removes it.
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: close, x-a\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.hop_by_hop_removed);
+        assert!(!h.keep_alive);
+        assert!(h.headers.contains_key("x-a"));
+        // After a 101 the tunnel needs them.
+        let h = head(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.hop_by_hop_removed);
+        assert_eq!(h.headers["upgrade"], "websocket");
+        assert_eq!(h.headers["connection"], "upgrade");
     }
 
     #[test]

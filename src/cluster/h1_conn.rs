@@ -66,6 +66,8 @@ pub struct H1Conn {
     /// Bytes arrived since the current request was sent.
     received: bool,
     keep_alive: bool,
+    /// The last response head came without its hop-by-hop headers.
+    hop_by_hop_removed: bool,
     /// An error, or bytes nobody asked for: never reused.
     broken: bool,
     active: ConnActive,
@@ -155,6 +157,7 @@ impl H1Conn {
             exchanges: 0,
             received: false,
             keep_alive: true,
+            hop_by_hop_removed: false,
             broken: false,
             active,
         }
@@ -353,6 +356,7 @@ impl H1Conn {
                                 Some(framing) => Reading::Body(framing),
                             };
                         }
+                        self.hop_by_hop_removed = head.hop_by_hop_removed;
                         let mut resp = Response::new(());
                         *resp.status_mut() = head.status;
                         *resp.version_mut() = head.version;
@@ -443,6 +447,11 @@ impl H1Conn {
                 }
             }
         }
+    }
+
+    /// The codec left the last response's hop-by-hop headers out already.
+    pub fn hop_by_hop_removed(&self) -> bool {
+        self.hop_by_hop_removed
     }
 
     /// The response body has been read whole (or there is none).

@@ -457,7 +457,9 @@ impl ConnectionManager {
             }
             (_, upstream) => Err(upstream),
         };
-        if tunnel.is_err() {
+        // legate's HTTP/1.1 codec leaves them out while parsing, in the common case.
+        let stripped = matches!(&tunnel, Err(Upstream::H1(c)) if c.hop_by_hop_removed());
+        if tunnel.is_err() && !stripped {
             headers::strip_hop_by_hop(&mut parts.headers);
         }
         if let Some(t) = info.upstream_start {
