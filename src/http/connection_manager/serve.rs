@@ -167,49 +167,75 @@ pub async fn serve<I>(
     });
     // The guard has already told the protocol apart, so hyper's per-protocol connections are
     // used directly (hyper-util's auto connection would sniff the preface again through a
-    // rewind buffer on every read).
+    // rewind buffer on every read). The HTTP/2 codec's state is twice HTTP/1.1's: boxed, it is
+    // not part of every HTTP/1.1 connection's future.
     let io = TokioIo::new(guard);
     match protocol {
-        Protocol::Http1 => {
-            let mut h1 = hyper::server::conn::http1::Builder::new();
-            h1.timer(TokioTimer::new())
-                // The guard times request heads (and answers 408); hyper's own timer would close
-                // silently.
-                .header_read_timeout(None)
-                .keep_alive(true)
-                // The guard passes only complete, checked heads; this is hyper's backstop.
-                .max_buf_size((cm.max_request_headers_kb as usize * 1024 + 16 * 1024).max(8192));
-            // The guard already answers 431 past `max_headers_count`. Up to hyper's default
-            // (100) hyper parses into a stack array; naming any limit makes it fill a heap
-            // vector per request.
-            if cm.max_headers_count as usize > HYPER_DEFAULT_MAX_HEADERS {
-                h1.max_headers(cm.max_headers_count as usize);
-            }
-            let conn = std::pin::pin!(h1.serve_connection(io, svc).with_upgrades());
-            run_until_closed(&cm, conn, drain, idle, |c| c.graceful_shutdown()).await
-        }
-        Protocol::Http2 => {
-            let h2 = cm.http2;
-            let mut h2b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            h2b.timer(TokioTimer::new())
-                .max_concurrent_streams(h2.max_concurrent_streams)
-                .initial_stream_window_size(h2.initial_stream_window_size)
-                .initial_connection_window_size(h2.initial_connection_window_size)
-                .max_header_list_size(cm.max_request_headers_kb * 1024)
-                // Rapid Reset: streams reset before they were accepted; MadeYouReset: streams
-                // legate had to reset because the client broke the protocol. Either over its
-                // limit is a GOAWAY (ENHANCE_YOUR_CALM), counted as
-                // downstream_rq_too_many_premature_resets.
-                .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
-                .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
-            if let Some((interval, timeout)) = h2.keepalive {
-                h2b.keep_alive_interval(interval)
-                    .keep_alive_timeout(timeout);
-            }
-            let conn = std::pin::pin!(h2b.serve_connection(io, svc));
-            run_until_closed(&cm, conn, drain, idle, |c| c.graceful_shutdown()).await
-        }
+        Protocol::Http1 => serve_http1(&cm, io, svc, drain, idle).await,
+        Protocol::Http2 => Box::pin(serve_http2(&cm, io, svc, drain, idle)).await,
     }
+}
+
+async fn serve_http1<I, S>(
+    cm: &ConnectionManager,
+    io: TokioIo<Guard<I>>,
+    svc: S,
+    drain: std::pin::Pin<&mut impl Future<Output = ()>>,
+    idle: std::pin::Pin<&mut impl Future<Output = ()>>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ResponseBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        // The guard times request heads (and answers 408); hyper's own timer would close
+        // silently.
+        .header_read_timeout(None)
+        .keep_alive(true)
+        // The guard passes only complete, checked heads; this is hyper's backstop.
+        .max_buf_size((cm.max_request_headers_kb as usize * 1024 + 16 * 1024).max(8192));
+    // The guard already answers 431 past `max_headers_count`. Up to hyper's default
+    // (100) hyper parses into a stack array; naming any limit makes it fill a heap
+    // vector per request.
+    if cm.max_headers_count as usize > HYPER_DEFAULT_MAX_HEADERS {
+        h1.max_headers(cm.max_headers_count as usize);
+    }
+    let conn = std::pin::pin!(h1.serve_connection(io, svc).with_upgrades());
+    run_until_closed(cm, conn, drain, idle, |c| c.graceful_shutdown()).await
+}
+
+async fn serve_http2<I, S>(
+    cm: &ConnectionManager,
+    io: TokioIo<Guard<I>>,
+    svc: S,
+    drain: std::pin::Pin<&mut impl Future<Output = ()>>,
+    idle: std::pin::Pin<&mut impl Future<Output = ()>>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ResponseBody> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let h2 = cm.http2;
+    let mut h2b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2b.timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .initial_stream_window_size(h2.initial_stream_window_size)
+        .initial_connection_window_size(h2.initial_connection_window_size)
+        .max_header_list_size(cm.max_request_headers_kb * 1024)
+        // Rapid Reset: streams reset before they were accepted; MadeYouReset: streams
+        // legate had to reset because the client broke the protocol. Either over its
+        // limit is a GOAWAY (ENHANCE_YOUR_CALM), counted as
+        // downstream_rq_too_many_premature_resets.
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
+    if let Some((interval, timeout)) = h2.keepalive {
+        h2b.keep_alive_interval(interval)
+            .keep_alive_timeout(timeout);
+    }
+    let conn = std::pin::pin!(h2b.serve_connection(io, svc));
+    run_until_closed(cm, conn, drain, idle, |c| c.graceful_shutdown()).await
 }
 
 /// Poll the codec until the connection closes; a drain or the idle timeout asks it to finish
