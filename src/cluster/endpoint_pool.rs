@@ -210,10 +210,9 @@ impl EndpointPool {
         while let Some(idle) = self.idle.pop() {
             self.idle_len.fetch_sub(1, Ordering::Relaxed);
             let mut conn = idle.conn;
-            if idle.since.elapsed() > IDLE_TIMEOUT {
-                continue; // dropping it closes the connection
-            }
-            // Nobody has polled it since it was queued: see whether the upstream closed it.
+            // Connections idle past `IDLE_TIMEOUT` are closed by the EndpointPool actor's sweep
+            // (within a minute); no clock read here. Nobody has polled this one since it was
+            // queued: see whether the upstream closed it.
             if conn.check_open() {
                 return Ok(PooledConn {
                     upstream: Upstream::H1(conn),

@@ -110,7 +110,9 @@ impl StreamInfo {
                 self.details = "downstream_remote_disconnect";
             }
         }
-        let elapsed = self.start.elapsed();
+        // One clock read for both durations.
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.start);
         let ms = elapsed.as_secs_f64() * 1000.0;
         let cm = &self.cm;
         cm.stats.downstream_rq_active.decrement(1.0);
@@ -131,7 +133,7 @@ impl StreamInfo {
                 s.upstream_rq.record(self.status);
                 if let Some(t) = self.upstream_start {
                     s.upstream_rq_time
-                        .record_value(t.elapsed().as_secs_f64() * 1000.0);
+                        .record_value(now.saturating_duration_since(t).as_secs_f64() * 1000.0);
                 }
             }
             let ok = self.status < 500 && self.flags.is_empty();

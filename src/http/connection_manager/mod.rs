@@ -651,14 +651,24 @@ pub(super) async fn stream_timers<F: Future>(
 ) -> Result<F::Output, LocalReply> {
     let request_deadline = limits.request_timeout.map(|d| start + d);
     let mut seen = progress.bytes.load(Ordering::Relaxed);
-    let mut idle_deadline = limits.stream_idle_timeout.map(|d| Instant::now() + d);
+    // One clock read for the first deadlines; the clock is read again only on the (rare)
+    // later passes of the loop.
+    let mut now = Instant::now();
+    let mut fresh = true;
+    let mut idle_deadline = limits.stream_idle_timeout.map(|d| now + d);
     let mut route_deadline = None;
     let mut timer = std::pin::pin!(tokio::time::sleep_until(start.into()));
     loop {
         let complete = progress.is_done();
         if complete && route_deadline.is_none() {
-            route_deadline = route_timeout.map(|d| Instant::now() + d);
+            // The route timer starts when the request is complete: now, unless time has
+            // passed since `now` was read.
+            if !fresh {
+                now = Instant::now();
+            }
+            route_deadline = route_timeout.map(|d| now + d);
         }
+        fresh = false;
         let next = [
             request_deadline.filter(|_| !complete),
             idle_deadline,
@@ -687,7 +697,7 @@ pub(super) async fn stream_timers<F: Future>(
                 }
             }
         }
-        let now = Instant::now();
+        now = Instant::now();
         let complete = progress.is_done();
         if let Some(d) = request_deadline {
             if !complete && now >= d {
