@@ -29,8 +29,9 @@ pub async fn read_until_close(s: &mut TcpStream, wait: Duration) -> (String, boo
     }
 }
 
-/// Read one HTTP/1.1 response (head and a Content-Length body) from `s`, bounded by `wait`.
-pub async fn read_response(s: &mut TcpStream, wait: Duration) -> Option<String> {
+/// Read one HTTP/1.1 response (head and a Content-Length body) from `s`, bounded by `wait`;
+/// what was read when the peer closed or the time ran out, `None` if nothing was.
+pub async fn read_response(s: &mut (impl AsyncReadExt + Unpin), wait: Duration) -> Option<String> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
     let mut buf = [0u8; 4096];
