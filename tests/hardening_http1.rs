@@ -329,6 +329,40 @@ async fn pipelined_smuggle_after_a_good_request_is_refused() {
     assert_eq!(uris, vec!["/first".to_string()]);
 }
 
+/// An upgrade the upstream does not take (a 200, not a 101) leaves the connection HTTP/1.1:
+/// what follows on it is still checked like any request (here: past `max_headers_count`, 431),
+/// never passed on unchecked as if it were a tunnel.
+#[tokio::test]
+async fn a_declined_upgrade_keeps_the_connection_checked() {
+    let (up, legate) =
+        proxy("          common_http_protocol_options: { max_headers_count: 5 }").await;
+    let mut s = TcpStream::connect(legate.addr).await.unwrap();
+    s.write_all(b"GET /upgrade HTTP/1.1\r\nhost: a\r\nupgrade: foo\r\nconnection: upgrade\r\n\r\n")
+        .await
+        .unwrap();
+    let first = raw::read_response(&mut s, WAIT)
+        .await
+        .expect("first answer");
+    assert_eq!(status(&first), 200, "{first}");
+    s.write_all(
+        b"GET /many HTTP/1.1\r\nhost: a\r\nx-1: 1\r\nx-2: 2\r\nx-3: 3\r\nx-4: 4\r\nx-5: 5\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let second = raw::read_response(&mut s, WAIT)
+        .await
+        .expect("second answer");
+    assert_eq!(status(&second), 431, "{second}");
+    let uris: Vec<String> = up
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.uri.clone())
+        .collect();
+    assert_eq!(uris, vec!["/upgrade".to_string()]);
+}
+
 #[tokio::test]
 async fn malformed_upstream_responses_are_502_and_discarded() {
     use tokio::io::AsyncReadExt;

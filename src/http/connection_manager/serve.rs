@@ -148,17 +148,20 @@ pub async fn serve<I>(
         let verdict = shared.next_request();
         // The guard holds the bytes after an upgrade (or CONNECT) request until this answer says
         // whether they belong to a tunnel.
+        let connect = req.method() == http::Method::CONNECT;
         let upgrade = req.version() != Version::HTTP_2
-            && (req.headers().contains_key(header::UPGRADE)
-                || req.method() == http::Method::CONNECT);
+            && (req.headers().contains_key(header::UPGRADE) || connect);
         // Boxed: hyper keeps a slot for the request's future in every HTTP/1.1 connection, idle
         // ones included; boxed, the slot is a pointer and the state lives only while a request
         // does.
         Box::pin(async move {
             let resp = cm.handle(req, ds, &shared, verdict).await;
             if upgrade {
+                // hyper hands the connection over on a 101, or on a 2xx to CONNECT; any other
+                // answer keeps it HTTP/1.1, and the guard goes on checking what follows.
                 let tunnel = resp.as_ref().is_ok_and(|r| {
-                    r.status() == StatusCode::SWITCHING_PROTOCOLS || r.status().is_success()
+                    r.status() == StatusCode::SWITCHING_PROTOCOLS
+                        || (connect && r.status().is_success())
                 });
                 shared.upgrade_decided(tunnel);
             }
