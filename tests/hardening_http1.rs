@@ -363,6 +363,37 @@ async fn a_declined_upgrade_keeps_the_connection_checked() {
     assert_eq!(uris, vec!["/upgrade".to_string()]);
 }
 
+/// CONNECT has no path for a route to match (Envoy answers 404 unless a `connect_matcher`
+/// route takes it): never forwarded, and the connection goes on serving HTTP/1.1.
+#[tokio::test]
+async fn connect_is_404_and_the_connection_stays_http() {
+    let (up, legate) = proxy("").await;
+    let mut s = TcpStream::connect(legate.addr).await.unwrap();
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let first = raw::read_response(&mut s, WAIT)
+        .await
+        .expect("CONNECT answered");
+    assert_eq!(status(&first), 404, "{first}");
+    s.write_all(b"GET /after HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let second = raw::read_response(&mut s, WAIT)
+        .await
+        .expect("next answered");
+    assert_eq!(status(&second), 200, "{second}");
+    let uris: Vec<String> = up
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.uri.clone())
+        .collect();
+    assert_eq!(uris, vec!["/after".to_string()]);
+    legate.wait_stat("http.ingress.no_route", 1).await;
+}
+
 #[tokio::test]
 async fn malformed_upstream_responses_are_502_and_discarded() {
     use tokio::io::AsyncReadExt;

@@ -333,7 +333,15 @@ impl ConnectionManager {
             &parts.headers,
         );
 
-        let Some((vi, ri)) = self.routes.find(authority, path) else {
+        // A CONNECT target has no path: Envoy's path matchers never match it (only a
+        // `connect_matcher` would, which legate does not support), so it is a 404 without a
+        // lookup, never forwarded as if its path were `/`.
+        let route = if parts.method == http::Method::CONNECT {
+            None
+        } else {
+            self.routes.find(authority, path)
+        };
+        let Some((vi, ri)) = route else {
             stats.no_route.increment(1);
             return Ok(self.local_reply(info, LocalReply::NoRoute, version, grpc, false));
         };
