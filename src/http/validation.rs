@@ -3,7 +3,8 @@
 //!
 //! - `Host`: exactly one on HTTP/1.1 (RFC 9112 §3.2), a valid authority; an absolute-form
 //!   target's authority replaces it (§3.2.2). On HTTP/2, `host` must agree with `:authority`.
-//! - the request target's length (`max_request_uri_kb`, 414);
+//! - the request target's length (`max_request_uri_kb`, 414), and its form: authority-form
+//!   (`host:port`) only for CONNECT;
 //! - header names with underscores (`headers_with_underscores_action`);
 //! - `HTTP2-Settings` (the h2c upgrade's payload) never travels on.
 
@@ -47,6 +48,18 @@ pub fn check_request(
             } else {
                 "http1.uri_too_long"
             },
+        }));
+    }
+    // A target that is only an authority (`host:port`) is CONNECT's form (RFC 9112 §3.2.3);
+    // on any other method Envoy's codec rejects it.
+    if !h2
+        && parts.uri.scheme().is_none()
+        && parts.uri.authority().is_some()
+        && parts.method != http::Method::CONNECT
+    {
+        return Err(Verdict::Reply(LocalReply::DownstreamProtocolError {
+            status: 400,
+            details: "http1.codec_error",
         }));
     }
     check_host(parts)?;

@@ -155,7 +155,15 @@ pub async fn serve<I>(
         // ones included; boxed, the slot is a pointer and the state lives only while a request
         // does.
         Box::pin(async move {
-            let resp = cm.handle(req, ds, &shared, verdict).await;
+            let mut resp = cm.handle(req, ds, &shared, verdict).await;
+            // A status without a standard reason phrase gets Envoy's `Unknown`, not hyper's
+            // `<none>` (HTTP/1.1 only; HTTP/2 has no reason phrase).
+            if let Ok(r) = &mut resp {
+                if r.status().canonical_reason().is_none() {
+                    r.extensions_mut()
+                        .insert(hyper::ext::ReasonPhrase::from_static(b"Unknown"));
+                }
+            }
             if upgrade {
                 // hyper hands the connection over on a 101, or on a 2xx to CONNECT; any other
                 // answer keeps it HTTP/1.1, and the guard goes on checking what follows.
