@@ -278,10 +278,40 @@ async fn date_header_on_proxied_responses_and_local_replies() {
 
 // 2. --------------------------------------------------------------------------------------------
 
+/// `http_protocol_options.accept_http_10: true`: HTTP/1.0 is served.
+const ACCEPT_HTTP_10: &str = "          http_protocol_options: { accept_http_10: true }";
+
+/// Envoy's default: an HTTP/1.0 request gets 426 (`low_version`, flag `DPE`) and the
+/// connection closes; nothing reaches the upstream. With `default_host_for_http_10`, a
+/// Host-less HTTP/1.0 request is routed by that host.
+#[tokio::test]
+async fn http10_is_426_unless_accepted() {
+    let up = Upstream::echo("a").await;
+    let log = AccessLog::with_format(
+        "http10",
+        "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%",
+    );
+    let legate = proxy_to(up.addr, &log.hcm_extra()).await;
+    let text = raw::exchange(legate.addr, b"GET /old HTTP/1.0\r\nhost: a\r\n\r\n", WAIT).await;
+    // The status line is in the request's version (see `http10_is_answered_and_closed`).
+    assert!(text.starts_with("HTTP/1.0 426 "), "{text}");
+    assert_eq!(up.request_count(), 0);
+    assert_eq!(log.line_with("/old").await, "/old 426 DPE low_version");
+
+    let legate = proxy_to(
+        up.addr,
+        "          http_protocol_options: { accept_http_10: true, default_host_for_http_10: old.example }",
+    )
+    .await;
+    let text = raw::exchange(legate.addr, b"GET /hostless HTTP/1.0\r\n\r\n", WAIT).await;
+    assert!(text.starts_with("HTTP/1.0 200 "), "{text}");
+    assert_eq!(up.last().headers["host"], "old.example");
+}
+
 #[tokio::test]
 async fn http10_is_answered_and_closed() {
     let up = Upstream::echo("a").await;
-    let legate = proxy_to(up.addr, "").await;
+    let legate = proxy_to(up.addr, ACCEPT_HTTP_10).await;
 
     // Without keep-alive: one answer, then close.
     let mut c = Client::open(legate.addr).await;
@@ -309,7 +339,7 @@ async fn http10_unknown_length_is_close_delimited() {
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     ))
     .await;
-    let legate = proxy_to(up.addr, "").await;
+    let legate = proxy_to(up.addr, ACCEPT_HTTP_10).await;
     let mut s = TcpStream::connect(legate.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.0\r\nhost: a\r\n\r\n")
         .await

@@ -319,6 +319,12 @@ pub struct Http1ProtocolOptions {
     /// dropped); otherwise such a request is a 400.
     #[serde(default)]
     pub allow_chunked_length: Option<bool>,
+    /// Serve HTTP/1.0 requests; otherwise they get 426 (Envoy's default).
+    #[serde(default)]
+    pub accept_http_10: Option<bool>,
+    /// The Host given to an HTTP/1.0 request that has none (with `accept_http_10`).
+    #[serde(default)]
+    pub default_host_for_http_10: Option<String>,
 }
 
 /// `config.core.v3.HttpProtocolOptions`.

@@ -111,6 +111,10 @@ pub struct DownstreamLimits {
     pub idle_timeout: Option<Duration>,
     /// HTTP/1.1 `Content-Length` with `Transfer-Encoding: chunked` is accepted (length dropped).
     pub allow_chunked_length: bool,
+    /// HTTP/1.0 requests are served (`accept_http_10`); otherwise they get 426.
+    pub accept_http_10: bool,
+    /// The Host an HTTP/1.0 request without one gets (`default_host_for_http_10`).
+    pub default_host_for_http_10: Option<http::HeaderValue>,
     pub headers_with_underscores: UnderscoreAction,
     /// The longest request target, in bytes (414 beyond it).
     pub max_request_uri_bytes: usize,
@@ -128,6 +132,8 @@ impl Default for DownstreamLimits {
             request_timeout: None,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             allow_chunked_length: false,
+            accept_http_10: false,
+            default_host_for_http_10: None,
             headers_with_underscores: UnderscoreAction::Allow,
             max_request_uri_bytes: DEFAULT_MAX_REQUEST_URI_KB as usize * 1024,
         }
@@ -482,6 +488,16 @@ fn downstream_limits(h: &HttpConnectionManager, path: &str, errs: &mut Errors) -
     }
     if let Some(o) = &h.http_protocol_options {
         l.allow_chunked_length = o.allow_chunked_length.unwrap_or(false);
+        l.accept_http_10 = o.accept_http_10.unwrap_or(false);
+        if let Some(host) = &o.default_host_for_http_10 {
+            match http::HeaderValue::from_str(host) {
+                Ok(v) if !host.is_empty() => l.default_host_for_http_10 = Some(v),
+                _ => errs.add(
+                    format!("{path}.http_protocol_options.default_host_for_http_10"),
+                    "must be a valid host",
+                ),
+            }
+        }
     }
     if let Some(kb) = h.max_request_uri_kb {
         // hyper's own ceiling for a request target is 64 KiB - 2.

@@ -39,6 +39,21 @@ pub fn check_request(
     underscores: &UnderscoreStats,
 ) -> Result<(), Verdict> {
     let h2 = parts.version == Version::HTTP_2;
+    // HTTP/1.0 (and 0.9) is served only when `accept_http_10` says so; Envoy's codec answers
+    // 426 otherwise.
+    if parts.version < Version::HTTP_11 {
+        if !limits.accept_http_10 {
+            return Err(Verdict::Reply(LocalReply::DownstreamProtocolError {
+                status: 426,
+                details: "low_version",
+            }));
+        }
+        if let Some(host) = &limits.default_host_for_http_10 {
+            if !parts.headers.contains_key(header::HOST) && parts.uri.authority().is_none() {
+                parts.headers.insert(header::HOST, host.clone());
+            }
+        }
+    }
     let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > limits.max_request_uri_bytes {
         return Err(Verdict::Reply(LocalReply::DownstreamProtocolError {
@@ -177,7 +192,24 @@ mod tests {
             ),
             Err(bad("multiple_host_headers"))
         );
-        assert!(check(&mut parts(Version::HTTP_10, "/", &[]), &l).is_ok());
+        // HTTP/1.0 is refused by default (Envoy's 426); accepted, it needs no Host, and
+        // `default_host_for_http_10` supplies one.
+        assert_eq!(
+            check(&mut parts(Version::HTTP_10, "/", &[]), &l),
+            Err(Verdict::Reply(LocalReply::DownstreamProtocolError {
+                status: 426,
+                details: "low_version"
+            }))
+        );
+        let mut accepting = DownstreamLimits {
+            accept_http_10: true,
+            ..DownstreamLimits::default()
+        };
+        assert!(check(&mut parts(Version::HTTP_10, "/", &[]), &accepting).is_ok());
+        accepting.default_host_for_http_10 = Some(HeaderValue::from_static("d.example"));
+        let mut p = parts(Version::HTTP_10, "/", &[]);
+        assert!(check(&mut p, &accepting).is_ok());
+        assert_eq!(p.headers["host"], "d.example");
         let mut p = parts(
             Version::HTTP_11,
             "http://target.example:8080/x",
