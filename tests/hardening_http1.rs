@@ -22,6 +22,16 @@ async fn proxy(hcm_extra: &str) -> (Upstream, Legate) {
     (up, legate)
 }
 
+/// The request targets the upstream received, in order.
+fn seen_uris(up: &Upstream) -> Vec<String> {
+    up.seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.uri.clone())
+        .collect()
+}
+
 /// A well-behaved client on its own connection is served.
 async fn others_served(legate: &Legate) {
     let r = get(&legate.url("/ok")).await;
@@ -319,14 +329,7 @@ async fn pipelined_smuggle_after_a_good_request_is_refused() {
     let second = all.find("HTTP/1.1 400 ").expect("second refused");
     assert!(first < second, "{all}");
     assert_eq!(all.matches("HTTP/1.1 ").count(), 2, "{all}");
-    let uris: Vec<String> = up
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|s| s.uri.clone())
-        .collect();
-    assert_eq!(uris, vec!["/first".to_string()]);
+    assert_eq!(seen_uris(&up), ["/first"]);
 }
 
 /// An upgrade the upstream does not take (a 200, not a 101) leaves the connection HTTP/1.1:
@@ -353,14 +356,7 @@ async fn a_declined_upgrade_keeps_the_connection_checked() {
         .await
         .expect("second answer");
     assert_eq!(status(&second), 431, "{second}");
-    let uris: Vec<String> = up
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|s| s.uri.clone())
-        .collect();
-    assert_eq!(uris, vec!["/upgrade".to_string()]);
+    assert_eq!(seen_uris(&up), ["/upgrade"]);
 }
 
 /// CONNECT has no path for a route to match (Envoy answers 404 unless a `connect_matcher`
@@ -383,14 +379,7 @@ async fn connect_is_404_and_the_connection_stays_http() {
         .await
         .expect("next answered");
     assert_eq!(status(&second), 200, "{second}");
-    let uris: Vec<String> = up
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|s| s.uri.clone())
-        .collect();
-    assert_eq!(uris, vec!["/after".to_string()]);
+    assert_eq!(seen_uris(&up), ["/after"]);
     legate.wait_stat("http.ingress.no_route", 1).await;
 }
 
