@@ -83,18 +83,18 @@ pub fn encode_request_head(
 }
 
 /// Decimal digits of `n` without going through `fmt`.
-struct Digits {
+pub(crate) struct Digits {
     buf: [u8; 20],
     start: usize,
 }
 
 impl Digits {
-    fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.buf[self.start..]
     }
 }
 
-fn itoa_u64(mut n: u64) -> Digits {
+pub(crate) fn itoa_u64(mut n: u64) -> Digits {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {

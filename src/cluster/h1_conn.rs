@@ -43,7 +43,7 @@ pub enum H1Error {
     Malformed(#[from] Malformed),
     /// The downstream request body broke (framing error, reset); the exchange is abandoned.
     #[error("request body: {0}")]
-    RequestBody(hyper::Error),
+    RequestBody(crate::http::body::BoxError),
 }
 
 /// The connection failed, and the request comes back when it certainly never reached the
@@ -90,7 +90,7 @@ enum Reading {
 enum WriteFail {
     /// The upstream stopped reading; its response, if it sent one, is still read.
     Io,
-    Body(hyper::Error),
+    Body(crate::http::body::BoxError),
 }
 
 /// Bytes waiting to be written: staged head or chunk framing, then a body chunk (not copied),

@@ -1,10 +1,11 @@
 //! Bodies on both hops. Frames pass through as they arrive, without copying: a downstream body
-//! is hyper's `Incoming`, an upstream one hyper's HTTP/2 stream or a slice of legate's own
-//! HTTP/1.1 connection's read buffer. Backpressure is end to end: nothing is read from one side
+//! is hyper's `Incoming` (HTTP/2) or what legate's HTTP/1.1 codec decoded from its read buffer
+//! ([`crate::http::h1::H1Body`]), an upstream one hyper's HTTP/2 stream or a slice of legate's
+//! own HTTP/1.1 connection's read buffer. Backpressure is end to end: nothing is read from one side
 //! before the other side has taken the previous frame.
 
 use super::stream_info::StreamInfo;
-use crate::cluster::endpoint_pool::{Upstream, UpstreamBody};
+use crate::cluster::endpoint_pool::{Upgraded, Upstream, UpstreamBody};
 use crate::cluster::Host;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -45,14 +46,57 @@ impl RequestProgress {
     }
 }
 
+/// A downstream request body as its codec delivers it.
+pub enum DownstreamBody {
+    H1(crate::http::h1::H1Body),
+    H2(Incoming),
+    Empty,
+}
+
+impl Body for DownstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            DownstreamBody::H1(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            DownstreamBody::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            DownstreamBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            DownstreamBody::H1(b) => b.is_end_stream(),
+            DownstreamBody::H2(b) => b.is_end_stream(),
+            DownstreamBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            DownstreamBody::H1(b) => b.size_hint(),
+            DownstreamBody::H2(b) => b.size_hint(),
+            DownstreamBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// A downstream request body on its way upstream; reports its progress.
 pub struct RequestBody {
-    inner: Option<Incoming>,
+    inner: Option<DownstreamBody>,
     progress: Arc<RequestProgress>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, progress: Arc<RequestProgress>) -> Self {
+    pub fn new(inner: DownstreamBody, progress: Arc<RequestProgress>) -> Self {
         if inner.is_end_stream() {
             progress.finish();
         }
@@ -74,12 +118,12 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
@@ -128,6 +172,8 @@ pub struct ResponseBody {
     /// `stream_idle_timeout` while waiting on the upstream for the next frame.
     idle: Option<Duration>,
     idle_sleep: Option<Pin<Box<Sleep>>>,
+    /// A WebSocket upgrade's upstream side, for the downstream codec to splice after the `101`.
+    tunnel: Option<Box<Upgraded>>,
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -157,6 +203,7 @@ impl ResponseBody {
             done: false,
             idle,
             idle_sleep: None,
+            tunnel: None,
         }
     }
 
@@ -168,7 +215,17 @@ impl ResponseBody {
             done: false,
             idle: None,
             idle_sleep: None,
+            tunnel: None,
         }
+    }
+
+    pub fn with_tunnel(mut self, up: Upgraded) -> Self {
+        self.tunnel = Some(Box::new(up));
+        self
+    }
+
+    pub fn take_tunnel(&mut self) -> Option<Upgraded> {
+        self.tunnel.take().map(|b| *b)
     }
 
     fn finish(&mut self) {

@@ -10,6 +10,7 @@ pub mod body;
 pub mod connection_manager;
 pub mod grpc;
 pub mod guard;
+pub mod h1;
 pub mod headers;
 pub mod local_reply;
 pub mod response_flags;

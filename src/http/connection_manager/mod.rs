@@ -3,11 +3,12 @@
 
 mod serve;
 
-pub use serve::serve;
+pub use serve::{serve, ConnectionStats};
 
-use super::body::ResponseBody;
+use super::body::{DownstreamBody, ResponseBody};
 use super::grpc;
 use super::guard::{self, ConnShared, Guard, GuardConfig, GuardStats, Protocol};
+use super::h1;
 use super::headers::{
     self, X_ENVOY_OVERLOADED, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
@@ -17,7 +18,7 @@ use super::router::{self, Action, RouteTable};
 use super::stream_info::StreamInfo;
 use super::validation::{self, UnderscoreStats, Verdict};
 use crate::bootstrap::{CodecType, DownstreamLimits, HcmConfig, Http2Settings};
-use crate::cluster::endpoint_pool::{Upgraded, Upstream, UpstreamBody};
+use crate::cluster::endpoint_pool::{Upstream, UpstreamBody};
 use crate::cluster::Cluster;
 use crate::observe::access_log::{AccessLogger, Captured, RequestParts};
 use crate::observe::stats::StatusCounters;
@@ -27,7 +28,6 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use metrics::{Counter, Gauge};
 use std::future::Future;
@@ -35,7 +35,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 
 /// One connection manager per listener filter chain, shared by all its connections.
 pub struct ConnectionManager {
@@ -50,7 +49,6 @@ pub struct ConnectionManager {
     codec: CodecType,
     http2: Http2Settings,
     max_request_headers_kb: u32,
-    max_headers_count: u32,
     websocket: bool,
     pub limits: DownstreamLimits,
     guard: Arc<GuardConfig>,
@@ -221,7 +219,6 @@ impl ConnectionManager {
             codec: config.codec,
             http2: config.http2,
             max_request_headers_kb: config.max_request_headers_kb,
-            max_headers_count: config.max_headers_count,
             websocket: config.websocket,
             limits,
             guard,
@@ -230,15 +227,40 @@ impl ConnectionManager {
         })
     }
 
-    /// One request, start to response headers. The rest of the request's life is in the
-    /// returned body. `verdict` is the guard's answer for a request head it replaced; an `Err`
-    /// resets the (HTTP/2) stream.
-    pub async fn handle(
-        self: Arc<Self>,
-        mut req: Request<Incoming>,
+    /// The limits the downstream codecs apply.
+    pub fn guard_config(&self) -> Arc<GuardConfig> {
+        self.guard.clone()
+    }
+
+    /// The answer to an HTTP/1.1 request head the codec refused (size, framing, timeout): it
+    /// counts and logs as a request, with an empty method and path.
+    pub fn reject(
+        self: &Arc<Self>,
         ds: Downstream,
         conn: &Arc<ConnShared>,
-        verdict: Option<LocalReply>,
+        reply: LocalReply,
+    ) -> Response<ResponseBody> {
+        let stats = &self.stats;
+        stats.downstream_rq_total.increment(1);
+        stats.downstream_rq_http1_total.increment(1);
+        stats.downstream_rq_active.increment(1.0);
+        let mut info = Box::new(StreamInfo::new(
+            self.clone(),
+            ds,
+            protocol_name(Version::HTTP_11),
+        ));
+        info.active = Some(conn.stream_started());
+        self.capture_request(&mut info, "", "", None, &http::HeaderMap::new());
+        self.local_reply(info, reply, Version::HTTP_11, false, false)
+    }
+
+    /// One request, start to response headers. The rest of the request's life is in the
+    /// returned body. An `Err` resets the (HTTP/2) stream.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<DownstreamBody>,
+        ds: Downstream,
+        conn: &Arc<ConnShared>,
     ) -> Result<Response<ResponseBody>, h2::Error> {
         let stats = &self.stats;
         stats.downstream_rq_total.increment(1);
@@ -251,21 +273,9 @@ impl ConnectionManager {
         let active = conn.stream_started();
         let version = req.version();
 
-        if let Some(reply) = verdict {
-            let mut info = Box::new(StreamInfo::new(self.clone(), ds, protocol_name(version)));
-            info.active = Some(active);
-            self.capture_request(&mut info, "", "", None, &http::HeaderMap::new());
-            return Ok(self.local_reply(info, reply, version, false, false));
-        }
-
         // A WebSocket upgrade keeps its Upgrade/Connection headers for the upstream and takes the
         // downstream connection over once the upstream answers 101.
-        let upgrade = if self.websocket && is_websocket_upgrade(&req) {
-            let value = req.headers().get(header::UPGRADE).cloned();
-            Some((hyper::upgrade::on(&mut req), value))
-        } else {
-            None
-        };
+        let upgrade = self.websocket && is_websocket_upgrade(&req);
         let (mut parts, body) = req.into_parts();
         let grpc = grpc::is_grpc(&parts.headers);
         let mut info = Box::new(StreamInfo::new(self.clone(), ds, protocol_name(version)));
@@ -302,18 +312,15 @@ impl ConnectionManager {
             };
         }
         self.edit_request_headers(&mut parts.headers, &ds);
-        let on_upgrade = upgrade.map(|(on, value)| {
+        if upgrade {
             // Only the WebSocket token travels on (an `h2c` next to it must not).
-            if value.is_some() {
-                parts
-                    .headers
-                    .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            }
+            parts
+                .headers
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            on
-        });
+        }
 
         // Routing uses Host, or the authority of an absolute-form (HTTP/1) or HTTP/2 target.
         let authority: &str = match parts
@@ -383,7 +390,7 @@ impl ConnectionManager {
                 };
                 Ok(match sent {
                     Ok(Ok((resp, upstream, host))) => {
-                        self.upstream_response(info, resp, upstream, host, version, on_upgrade)
+                        self.upstream_response(info, resp, upstream, host, version, upgrade)
                     }
                     Ok(Err(reply)) => {
                         // The downstream broke the request body: its fault, not the upstream's.
@@ -455,13 +462,13 @@ impl ConnectionManager {
         upstream: Upstream,
         host: Arc<crate::cluster::Host>,
         version: Version,
-        on_upgrade: Option<OnUpgrade>,
+        upgrade: bool,
     ) -> Response<ResponseBody> {
         let (mut parts, body) = resp.into_parts();
         // An HTTP/1.1 upstream answers `101` only to a request that asked to upgrade.
-        let tunnel = match (on_upgrade, upstream) {
-            (Some(down), Upstream::H1(conn)) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
-                Ok((down, conn.into_upgraded()))
+        let tunnel = match (upgrade, upstream) {
+            (true, Upstream::H1(conn)) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+                Ok(conn.into_upgraded())
             }
             (_, upstream) => Err(upstream),
         };
@@ -485,35 +492,16 @@ impl ConnectionManager {
         info.details = "via_upstream";
         self.capture_response(&mut info, &parts.headers);
         match tunnel {
-            // The upstream connection now belongs to the tunnel; it never returns to the pool.
-            Ok((down, up)) => {
-                self.spawn_tunnel(down, up);
-                Response::from_parts(parts, ResponseBody::full(Bytes::new(), Some(info)))
-            }
+            // The upstream connection now belongs to the tunnel (the downstream codec splices
+            // it once the `101` is out); it never returns to the pool.
+            Ok(up) => Response::from_parts(
+                parts,
+                ResponseBody::full(Bytes::new(), Some(info)).with_tunnel(up),
+            ),
             Err(upstream) => {
                 Response::from_parts(parts, ResponseBody::upstream(body, info, upstream, host))
             }
         }
-    }
-
-    /// Splice an upgraded (WebSocket) connection to its upstream until either side closes.
-    fn spawn_tunnel(&self, down: OnUpgrade, mut up: Upgraded) {
-        let total = self.stats.downstream_cx_upgrades_total.clone();
-        let active = self.stats.downstream_cx_upgrades_active.clone();
-        tokio::spawn(async move {
-            let Ok(down) = down.await else {
-                return;
-            };
-            let mut down = TokioIo::new(down);
-            // What the upstream sent right behind its `101` was read with the response head.
-            if !up.leftover.is_empty() && down.write_all(&up.leftover).await.is_err() {
-                return;
-            }
-            total.increment(1);
-            active.increment(1.0);
-            let _ = tokio::io::copy_bidirectional(&mut down, &mut up.io).await;
-            active.decrement(1.0);
-        });
     }
 
     fn capture_request(

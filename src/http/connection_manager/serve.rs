@@ -1,5 +1,5 @@
-//! The codec glue: one downstream connection served by hyper (HTTP/1.1, or HTTP/2 by preface
-//! or ALPN) behind the connection guard, until it closes or drains.
+//! The codec glue: one downstream connection served by legate's HTTP/1.1 codec, or by hyper's
+//! HTTP/2 behind the connection guard (by preface or ALPN), until it closes or drains.
 
 use super::*;
 
@@ -10,7 +10,7 @@ pub(super) const PROTO_HTTP2: u8 = 2;
 /// Counts the connection in `http.<prefix>.downstream_cx_*` for as long as it lives. With
 /// `codec_type: AUTO` the protocol is known at the first request, so the per-protocol counters
 /// are taken then.
-pub(super) struct ConnectionStats {
+pub struct ConnectionStats {
     cm: Arc<ConnectionManager>,
     proto: AtomicU8,
 }
@@ -25,7 +25,7 @@ impl ConnectionStats {
         }
     }
 
-    fn saw(&self, version: Version) {
+    pub fn saw(&self, version: Version) {
         if self.proto.load(Ordering::Relaxed) != PROTO_UNKNOWN {
             return;
         }
@@ -137,7 +137,20 @@ pub async fn serve<I>(
             }
         }
     };
-    guard.set_protocol(protocol);
+    if protocol == Protocol::Http1 {
+        // legate's own codec reads the socket itself; the guard only told the protocol.
+        let (io, rbuf) = guard.into_parts();
+        let mut conn = h1::server::Conn::new(io, rbuf, cm.clone(), ds, shared, conn_stats);
+        let upgraded = run_until_closed(&cm, std::pin::Pin::new(&mut conn), drain, idle, |c| {
+            c.get_mut().drain()
+        })
+        .await;
+        if let Some(Some(up)) = upgraded {
+            conn.tunnel(up).await;
+        }
+        return;
+    }
+    guard.set_http2();
 
     let svc_cm = cm.clone();
     let svc_shared = shared.clone();
@@ -145,75 +158,15 @@ pub async fn serve<I>(
         conn_stats.saw(req.version());
         let cm = svc_cm.clone();
         let shared = svc_shared.clone();
-        let verdict = shared.next_request();
-        // The guard holds the bytes after an upgrade (or CONNECT) request until this answer says
-        // whether they belong to a tunnel.
-        let connect = req.method() == http::Method::CONNECT;
-        let upgrade = req.version() != Version::HTTP_2
-            && (req.headers().contains_key(header::UPGRADE) || connect);
-        // Boxed: hyper keeps a slot for the request's future in every HTTP/1.1 connection, idle
-        // ones included; boxed, the slot is a pointer and the state lives only while a request
-        // does.
-        Box::pin(async move {
-            let mut resp = cm.handle(req, ds, &shared, verdict).await;
-            // A status without a standard reason phrase gets Envoy's `Unknown`, not hyper's
-            // `<none>` (HTTP/1.1 only; HTTP/2 has no reason phrase).
-            if let Ok(r) = &mut resp {
-                if r.status().canonical_reason().is_none() {
-                    r.extensions_mut()
-                        .insert(hyper::ext::ReasonPhrase::from_static(b"Unknown"));
-                }
-            }
-            if upgrade {
-                // hyper hands the connection over on a 101, or on a 2xx to CONNECT; any other
-                // answer keeps it HTTP/1.1, and the guard goes on checking what follows.
-                let tunnel = resp.as_ref().is_ok_and(|r| {
-                    r.status() == StatusCode::SWITCHING_PROTOCOLS
-                        || (connect && r.status().is_success())
-                });
-                shared.upgrade_decided(tunnel);
-            }
-            resp
-        })
+        let req = req.map(DownstreamBody::H2);
+        // Boxed: the codec keeps a slot for every stream's future.
+        Box::pin(async move { cm.handle(req, ds, &shared).await })
     });
-    // The guard has already told the protocol apart, so hyper's per-protocol connections are
-    // used directly (hyper-util's auto connection would sniff the preface again through a
-    // rewind buffer on every read). The HTTP/2 codec's state is twice HTTP/1.1's: boxed, it is
-    // not part of every HTTP/1.1 connection's future.
+    // The guard has already told the protocol apart, so hyper's HTTP/2 connection is used
+    // directly (hyper-util's auto connection would sniff the preface again through a rewind
+    // buffer on every read).
     let io = TokioIo::new(guard);
-    match protocol {
-        Protocol::Http1 => serve_http1(&cm, io, svc, drain, idle).await,
-        Protocol::Http2 => Box::pin(serve_http2(&cm, io, svc, drain, idle)).await,
-    }
-}
-
-async fn serve_http1<I, S>(
-    cm: &ConnectionManager,
-    io: TokioIo<Guard<I>>,
-    svc: S,
-    drain: std::pin::Pin<&mut impl Future<Output = ()>>,
-    idle: std::pin::Pin<&mut impl Future<Output = ()>>,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = ResponseBody>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut h1 = hyper::server::conn::http1::Builder::new();
-    h1.timer(TokioTimer::new())
-        // The guard times request heads (and answers 408); hyper's own timer would close
-        // silently.
-        .header_read_timeout(None)
-        .keep_alive(true)
-        // The guard passes only complete, checked heads; this is hyper's backstop.
-        .max_buf_size((cm.max_request_headers_kb as usize * 1024 + 16 * 1024).max(8192));
-    // The guard already answers 431 past `max_headers_count`. Up to hyper's default
-    // (100) hyper parses into a stack array; naming any limit makes it fill a heap
-    // vector per request.
-    if cm.max_headers_count as usize > HYPER_DEFAULT_MAX_HEADERS {
-        h1.max_headers(cm.max_headers_count as usize);
-    }
-    let conn = std::pin::pin!(h1.serve_connection(io, svc).with_upgrades());
-    run_until_closed(cm, conn, drain, idle, |c| c.graceful_shutdown()).await
+    Box::pin(serve_http2(&cm, io, svc, drain, idle)).await
 }
 
 async fn serve_http2<I, S>(
@@ -246,7 +199,7 @@ async fn serve_http2<I, S>(
             .keep_alive_timeout(timeout);
     }
     let conn = std::pin::pin!(h2b.serve_connection(io, svc));
-    run_until_closed(cm, conn, drain, idle, |c| c.graceful_shutdown()).await
+    run_until_closed(cm, conn, drain, idle, |c| c.graceful_shutdown()).await;
 }
 
 /// Poll the codec until the connection closes; a drain or the idle timeout asks it to finish
@@ -257,13 +210,13 @@ async fn run_until_closed<C: Future>(
     mut drain: std::pin::Pin<&mut impl Future<Output = ()>>,
     mut idle: std::pin::Pin<&mut impl Future<Output = ()>>,
     graceful_shutdown: impl Fn(std::pin::Pin<&mut C>),
-) {
+) -> Option<C::Output> {
     let mut closing = false;
     let mut grace: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
         Box::pin(std::future::pending());
     loop {
         tokio::select! {
-            _ = conn.as_mut() => return,
+            out = conn.as_mut() => return Some(out),
             _ = drain.as_mut(), if !closing => {
                 closing = true;
                 cm.stats.downstream_cx_drain_close.increment(1);
@@ -275,13 +228,10 @@ async fn run_until_closed<C: Future>(
                 graceful_shutdown(conn.as_mut());
                 grace = Box::pin(tokio::time::sleep(IDLE_CLOSE_GRACE));
             }
-            _ = &mut grace => return,
+            _ = &mut grace => return None,
         }
     }
 }
-
-/// hyper's HTTP/1 header count limit when none is set.
-const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// h2's limit on streams the client resets before they are accepted (its default is 20).
 pub(super) const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 100;

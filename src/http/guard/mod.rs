@@ -1,33 +1,21 @@
-//! The downstream connection's guard: an I/O layer between the socket and hyper that enforces
-//! what hyper and h2 leave open.
+//! The downstream connection's guard: protocol detection for every connection, and for HTTP/2
+//! an I/O layer between the socket and hyper/h2 that enforces what they leave open. (HTTP/1.1
+//! has legate's own codec, [`crate::http::h1`], which applies the same limits itself.)
 //!
 //! - **Protocol detection** (`codec_type: AUTO`): the first bytes decide HTTP/1.1 or HTTP/2
 //!   (prior knowledge), bounded like a request head.
-//! - **HTTP/1.1 framing.** Every request head is read whole and checked before hyper sees a
-//!   byte of it: size (`max_request_headers_kb`, 431), header count (431), target length (414),
-//!   `Content-Length` syntax and agreement, `Transfer-Encoding` (exactly `chunked`, else 501),
-//!   `Content-Length` with `chunked` (400 unless `allow_chunked_length`), and the head timeout.
-//!   Bodies are tracked so the next head is found where hyper will look for it; chunked bodies
-//!   are validated chunk by chunk. A rejected head never reaches hyper: it is replaced by a
-//!   fixed request whose verdict the connection manager answers (stats, access log and the
-//!   local-reply mapping stay in one place), and nothing after it is read. A chunked body that
-//!   breaks after its head was forwarded fails the request body, so the upstream request is
-//!   aborted and its connection discarded.
 //! - **HTTP/2.** Frames are followed in both directions (headers only, payloads pass through):
 //!   `http2.rx_reset`/`tx_reset`, Envoy's premature-reset rule (Rapid Reset, MadeYouReset),
 //!   outbound frame floods (frames queued here because the peer does not read), and streams
 //!   whose response stalls (zero window) past `stream_idle_timeout`, which are reset on both
 //!   sides. Such a connection gets a GOAWAY and is closed.
 //! - **Slow readers.** A write that makes no progress for `stream_idle_timeout` fails the
-//!   connection; after a rejection the socket is drained briefly before closing, so the client
-//!   reads the answer instead of a reset.
+//!   connection.
 
-mod http1;
 mod http2;
 
 use super::local_reply::LocalReply;
 use bytes::{Buf, BytesMut};
-use http1::*;
 use http2::*;
 use metrics::Counter;
 use std::collections::{HashMap, VecDeque};
@@ -35,9 +23,9 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
@@ -45,16 +33,8 @@ use tokio::time::Sleep;
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What hyper parses in place of a rejected head: bodiless, and it closes the connection.
-const SYNTHETIC: &[u8] = b"GET / HTTP/1.1\r\nhost: rejected.invalid\r\nconnection: close\r\n\r\n";
-
-/// A chunk-size line (size and extensions) longer than this is an error.
-const MAX_CHUNK_LINE: usize = 4096;
 /// Bytes of outgoing HTTP/2 frames held here while the peer does not read; above it, h2 waits.
 const WBUF_HIGH: usize = 256 * 1024;
-/// Envoy's `delayed_close_timeout`: how long a rejected connection is drained before closing.
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_MAX_BYTES: usize = 1 << 20;
 /// Envoy's premature reset rule: a stream reset within this time of opening is premature; after
 /// `PREMATURE_STREAMS` closed streams, more than half premature closes the connection (and
 /// `PREMATURE_STREAMS / 2` premature resets close it earlier).
@@ -100,22 +80,11 @@ pub struct GuardStats {
 /// State the guard shares with the connection's service and its `serve` loop.
 #[derive(Default)]
 pub struct ConnShared {
-    /// Requests handed to the service so far (HTTP/1.1 requests are numbered from 1).
-    requests: AtomicU64,
-    /// (request number, reply) for a head the guard replaced.
-    reject: Mutex<Option<(u64, LocalReply)>>,
-    upgrade: Mutex<UpgradeWait>,
     /// Streams in flight in the service, and when the last one ended.
     active: AtomicUsize,
     idle_since: Mutex<Option<Instant>>,
     /// A request head is being received.
-    reading_head: AtomicBool,
-}
-
-#[derive(Default)]
-struct UpgradeWait {
-    decision: Option<bool>,
-    waker: Option<Waker>,
+    pub reading_head: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -127,26 +96,6 @@ impl ConnShared {
         let s = ConnShared::default();
         *lock(&s.idle_since) = Some(Instant::now());
         Arc::new(s)
-    }
-
-    /// Number the next request; returns the guard's verdict on it, if it replaced its head.
-    pub fn next_request(&self) -> Option<LocalReply> {
-        let n = self.requests.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut r = lock(&self.reject);
-        match r.as_ref() {
-            Some((at, _)) if *at == n => r.take().map(|(_, reply)| reply),
-            _ => None,
-        }
-    }
-
-    /// The service answered an upgrade (or CONNECT) request: `tunnel` when the connection now
-    /// belongs to a tunnel.
-    pub fn upgrade_decided(&self, tunnel: bool) {
-        let mut u = lock(&self.upgrade);
-        u.decision = Some(tunnel);
-        if let Some(w) = u.waker.take() {
-            w.wake();
-        }
     }
 
     pub fn stream_started(self: &Arc<Self>) -> ActiveStream {
@@ -198,33 +147,7 @@ pub enum Protocol {
 
 enum Mode {
     Detect,
-    H1(H1),
     H2(Box<H2Track>),
-    /// An upgraded connection: bytes pass untouched.
-    Tunnel,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum H1 {
-    Head,
-    Body(u64),
-    ChunkSize,
-    ChunkData(u64),
-    ChunkCrlf,
-    Trailers,
-    /// An upgrade or CONNECT request was passed; wait for the service's answer before reading.
-    Hold,
-    /// The synthetic request is out; nothing more is read.
-    Rejected,
-    /// The request body's framing broke.
-    Failed,
-}
-
-enum Linger {
-    No,
-    Wanted,
-    Draining(Pin<Box<Sleep>>, usize),
-    Done,
 }
 
 pub struct Guard<I> {
@@ -234,20 +157,13 @@ pub struct Guard<I> {
     mode: Mode,
     /// Bytes read from the socket, not yet checked.
     rbuf: BytesMut,
-    /// Checked bytes for hyper.
-    out: BytesMut,
     /// Bytes for the peer (HTTP/2 only), queued here so floods can be measured.
     wbuf: BytesMut,
     eof: bool,
-    /// HTTP/1 heads passed to hyper (the synthetic one included): request numbers.
-    heads_emitted: u64,
-    /// HTTP/1 framing of the current request: upgrade/CONNECT (hold after it).
-    hold_after: bool,
     head_deadline: Option<Instant>,
     head_sleep: Option<Pin<Box<Sleep>>>,
     /// Set while writes make no progress (the peer does not read).
     write_stall: Option<Pin<Box<Sleep>>>,
-    linger: Linger,
     /// A buffer held more than `IDLE_KEEP` bytes since the connection was last idle.
     big_buffers: bool,
 }
@@ -263,25 +179,24 @@ where
             shared,
             mode: Mode::Detect,
             rbuf: BytesMut::new(),
-            out: BytesMut::new(),
             wbuf: BytesMut::new(),
             eof: false,
-            heads_emitted: 0,
-            hold_after: false,
             head_deadline: None,
             head_sleep: None,
             write_stall: None,
-            linger: Linger::No,
             big_buffers: false,
         }
     }
 
-    /// Fix the protocol (after [`Guard::detect`] or from configuration/ALPN).
-    pub fn set_protocol(&mut self, p: Protocol) {
-        self.mode = match p {
-            Protocol::Http1 => Mode::H1(H1::Head),
-            Protocol::Http2 => Mode::H2(Box::new(H2Track::new())),
-        };
+    /// Serve HTTP/2 (after [`Guard::detect`] or from configuration/ALPN).
+    pub fn set_http2(&mut self) {
+        self.mode = Mode::H2(Box::new(H2Track::new()));
+    }
+
+    /// The socket and what was read from it while detecting the protocol (for HTTP/1.1,
+    /// whose codec reads the socket itself).
+    pub fn into_parts(self) -> (I, BytesMut) {
+        (self.io, self.rbuf)
     }
 
     /// Read until the first bytes tell HTTP/2's preface from an HTTP/1 request. EOF and an
@@ -349,12 +264,6 @@ where
         }
     }
 
-    fn disarm_head_timer(&mut self) {
-        self.head_deadline = None;
-        self.head_sleep = None;
-        self.shared.reading_head.store(false, Ordering::Release);
-    }
-
     /// True once the head timer has fired; otherwise registers for it.
     fn head_timer_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(deadline) = self.head_deadline else {
@@ -367,311 +276,6 @@ where
             .head_sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
         sleep.as_mut().poll(cx).is_ready()
-    }
-
-    // ----------------------------------------------------------------------------------------
-    // HTTP/1.1
-
-    /// Replace the head being read with the synthetic request carrying `reply`.
-    fn reject(&mut self, reply: LocalReply) {
-        self.heads_emitted += 1;
-        *lock(&self.shared.reject) = Some((self.heads_emitted, reply));
-        self.out.extend_from_slice(SYNTHETIC);
-        self.rbuf.clear();
-        self.mode = Mode::H1(H1::Rejected);
-        self.linger = Linger::Wanted;
-        self.disarm_head_timer();
-    }
-
-    fn poll_read_h1(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            if !self.out.is_empty() {
-                let n = self.out.len().min(buf.remaining());
-                buf.put_slice(&self.out[..n]);
-                self.out.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            let Mode::H1(state) = self.mode else {
-                return Pin::new(&mut self.io).poll_read(cx, buf);
-            };
-            match state {
-                H1::Rejected => return Poll::Pending,
-                H1::Failed => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "invalid chunked request body",
-                    )))
-                }
-                H1::Hold => {
-                    let mut u = lock(&self.shared.upgrade);
-                    match u.decision.take() {
-                        Some(true) => {
-                            drop(u);
-                            self.mode = Mode::Tunnel;
-                            let rest = self.rbuf.split();
-                            self.out.extend_from_slice(&rest);
-                            if self.out.is_empty() {
-                                return Pin::new(&mut self.io).poll_read(cx, buf);
-                            }
-                            continue;
-                        }
-                        Some(false) => {
-                            drop(u);
-                            self.mode = Mode::H1(H1::Head);
-                            continue;
-                        }
-                        None => {
-                            u.waker = Some(cx.waker().clone());
-                            return Poll::Pending;
-                        }
-                    }
-                }
-                // Fast path: body bytes straight from the socket.
-                H1::Body(left) if self.rbuf.is_empty() && !self.eof => {
-                    let max = (left.min(buf.remaining() as u64) as usize).min(READ_CHUNK);
-                    let mut tmp = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-                    let mut rb = ReadBuf::uninit(&mut tmp[..max.max(1)]);
-                    match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
-                        Poll::Ready(Ok(())) => {
-                            let n = rb.filled().len();
-                            if n == 0 {
-                                self.eof = true;
-                                return Poll::Ready(Ok(()));
-                            }
-                            buf.put_slice(rb.filled());
-                            self.after_body_bytes(left - n as u64);
-                            return Poll::Ready(Ok(()));
-                        }
-                        other => return other,
-                    }
-                }
-                _ => {}
-            }
-            // Check what is buffered; read more when that is not enough.
-            match self.step_h1() {
-                Step::Progress => continue,
-                Step::NeedMore => {}
-            }
-            if self.eof {
-                // hyper sees the end of the stream (and reports a truncated message).
-                let rest = self.rbuf.split();
-                self.out.extend_from_slice(&rest);
-                if self.out.is_empty() {
-                    return Poll::Ready(Ok(()));
-                }
-                continue;
-            }
-            let max = match self.mode {
-                Mode::H1(H1::Head) => READ_CHUNK,
-                _ => READ_CHUNK.min(buf.remaining().max(1)),
-            };
-            match self.read_socket(cx, max) {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    if matches!(self.mode, Mode::H1(H1::Head))
-                        && !self.rbuf.is_empty()
-                        && self.head_timer_expired(cx)
-                    {
-                        let reply = self
-                            .cfg
-                            .head_timeout
-                            .as_ref()
-                            .map(|(_, r)| r.clone())
-                            .unwrap_or(LocalReply::RequestHeaderTimeout);
-                        self.reject(reply);
-                        continue;
-                    }
-                    if matches!(self.mode, Mode::H1(H1::Head)) {
-                        // Waiting for the next request.
-                        self.shed_buffers();
-                    }
-                    return Poll::Pending;
-                }
-            }
-        }
-    }
-
-    fn after_body_bytes(&mut self, left: u64) {
-        self.mode = Mode::H1(if left == 0 {
-            self.message_done()
-        } else {
-            H1::Body(left)
-        });
-    }
-
-    /// The state after a complete request message.
-    fn message_done(&mut self) -> H1 {
-        if std::mem::take(&mut self.hold_after) {
-            lock(&self.shared.upgrade).decision = None;
-            H1::Hold
-        } else {
-            H1::Head
-        }
-    }
-
-    /// Move what can be checked from `rbuf` to `out`.
-    fn step_h1(&mut self) -> Step {
-        let Mode::H1(state) = self.mode else {
-            return Step::NeedMore;
-        };
-        match state {
-            H1::Head => self.step_head(),
-            H1::Body(left) => {
-                if self.rbuf.is_empty() {
-                    return Step::NeedMore;
-                }
-                let n = (left.min(self.rbuf.len() as u64)) as usize;
-                let b = self.rbuf.split_to(n);
-                self.out.extend_from_slice(&b);
-                self.after_body_bytes(left - n as u64);
-                Step::Progress
-            }
-            H1::ChunkSize => {
-                let Some(line_end) = self.rbuf.iter().position(|&b| b == b'\n') else {
-                    if self.rbuf.len() > MAX_CHUNK_LINE {
-                        self.body_error();
-                        return Step::Progress;
-                    }
-                    return Step::NeedMore;
-                };
-                match parse_chunk_size(&self.rbuf[..=line_end]) {
-                    Some(size) => {
-                        let line = self.rbuf.split_to(line_end + 1);
-                        self.out.extend_from_slice(&line);
-                        self.mode = Mode::H1(if size == 0 {
-                            H1::Trailers
-                        } else {
-                            H1::ChunkData(size)
-                        });
-                    }
-                    None => self.body_error(),
-                }
-                Step::Progress
-            }
-            H1::ChunkData(left) => {
-                if self.rbuf.is_empty() {
-                    return Step::NeedMore;
-                }
-                let n = (left.min(self.rbuf.len() as u64)) as usize;
-                let b = self.rbuf.split_to(n);
-                self.out.extend_from_slice(&b);
-                let left = left - n as u64;
-                self.mode = Mode::H1(if left == 0 {
-                    H1::ChunkCrlf
-                } else {
-                    H1::ChunkData(left)
-                });
-                Step::Progress
-            }
-            H1::ChunkCrlf => {
-                if self.rbuf.len() < 2 {
-                    if self.rbuf.first().is_some_and(|&b| b != b'\r') {
-                        self.body_error();
-                        return Step::Progress;
-                    }
-                    return Step::NeedMore;
-                }
-                if &self.rbuf[..2] != b"\r\n" {
-                    self.body_error();
-                    return Step::Progress;
-                }
-                let b = self.rbuf.split_to(2);
-                self.out.extend_from_slice(&b);
-                self.mode = Mode::H1(H1::ChunkSize);
-                Step::Progress
-            }
-            H1::Trailers => {
-                let Some(line_end) = self.rbuf.iter().position(|&b| b == b'\n') else {
-                    if self.rbuf.len() > self.cfg.max_head_bytes {
-                        self.body_error();
-                        return Step::Progress;
-                    }
-                    return Step::NeedMore;
-                };
-                let line = &self.rbuf[..=line_end];
-                if line.len() < 2
-                    || line[line.len() - 2] != b'\r'
-                    || line[..line.len() - 2].contains(&b'\r')
-                {
-                    self.body_error();
-                    return Step::Progress;
-                }
-                let last = line.len() == 2;
-                let b = self.rbuf.split_to(line_end + 1);
-                self.out.extend_from_slice(&b);
-                if last {
-                    let next = self.message_done();
-                    self.mode = Mode::H1(next);
-                }
-                Step::Progress
-            }
-            H1::Hold | H1::Rejected | H1::Failed => Step::NeedMore,
-        }
-    }
-
-    fn body_error(&mut self) {
-        self.cfg.stats.downstream_cx_protocol_error.increment(1);
-        self.rbuf.clear();
-        self.mode = Mode::H1(H1::Failed);
-        self.linger = Linger::Wanted;
-    }
-
-    fn step_head(&mut self) -> Step {
-        // Empty lines before a request line are ignored (RFC 9112 §2.2).
-        let skip = self
-            .rbuf
-            .iter()
-            .take_while(|&&b| b == b'\r' || b == b'\n')
-            .count();
-        self.rbuf.advance(skip);
-        if self.rbuf.is_empty() {
-            return Step::NeedMore;
-        }
-        self.arm_head_timer();
-        let limit = self.cfg.max_head_bytes;
-        let Some(end) = head_end(&self.rbuf) else {
-            if self.rbuf.len() > limit {
-                self.cfg.stats.downstream_cx_protocol_error.increment(1);
-                self.reject(LocalReply::DownstreamProtocolError {
-                    status: 431,
-                    details: "http1.headers_too_large",
-                });
-                return Step::Progress;
-            }
-            return Step::NeedMore;
-        };
-        if end > limit {
-            self.cfg.stats.downstream_cx_protocol_error.increment(1);
-            self.reject(LocalReply::DownstreamProtocolError {
-                status: 431,
-                details: "http1.headers_too_large",
-            });
-            return Step::Progress;
-        }
-        match check_head(&self.rbuf[..end], &self.cfg) {
-            Ok(framing) => {
-                let head = self.rbuf.split_to(end);
-                self.out.extend_from_slice(&head);
-                self.heads_emitted += 1;
-                self.disarm_head_timer();
-                self.hold_after = framing.upgrade;
-                self.mode = Mode::H1(match framing.body {
-                    BodyFraming::None => self.message_done(),
-                    BodyFraming::Length(n) => H1::Body(n),
-                    BodyFraming::Chunked => H1::ChunkSize,
-                });
-            }
-            Err(reply) => {
-                self.cfg.stats.downstream_cx_protocol_error.increment(1);
-                self.reject(reply);
-            }
-        }
-        Step::Progress
     }
 
     // ----------------------------------------------------------------------------------------
@@ -803,51 +407,13 @@ where
         }
     }
 
-    /// Drain the socket briefly after a rejection so the client reads the answer.
-    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            match &mut self.linger {
-                Linger::No | Linger::Done => return Pin::new(&mut self.io).poll_shutdown(cx),
-                Linger::Wanted => {
-                    let _ = std::task::ready!(Pin::new(&mut self.io).poll_shutdown(cx));
-                    self.linger = Linger::Draining(Box::pin(tokio::time::sleep(LINGER)), 0);
-                }
-                Linger::Draining(sleep, discarded) => {
-                    let mut tmp = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-                    let mut rb = ReadBuf::uninit(&mut tmp);
-                    match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
-                        Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
-                            *discarded += rb.filled().len();
-                            if *discarded > LINGER_MAX_BYTES {
-                                self.linger = Linger::Done;
-                                return Poll::Ready(Ok(()));
-                            }
-                        }
-                        Poll::Ready(_) => {
-                            self.linger = Linger::Done;
-                            return Poll::Ready(Ok(()));
-                        }
-                        Poll::Pending => {
-                            if sleep.as_mut().poll(cx).is_ready() {
-                                self.linger = Linger::Done;
-                                return Poll::Ready(Ok(()));
-                            }
-                            return Poll::Pending;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     /// An idle connection keeps no large buffer: what a large head, a chunked upload or a burst
     /// of HTTP/2 frames grew is released (as nginx releases its large header buffers when a
     /// connection goes keep-alive). Small buffers stay for reuse, so the common request costs no
     /// allocation here.
     fn shed_buffers(&mut self) {
-        if self.big_buffers && self.rbuf.is_empty() && self.out.is_empty() && self.wbuf.is_empty() {
+        if self.big_buffers && self.rbuf.is_empty() && self.wbuf.is_empty() {
             self.rbuf = BytesMut::new();
-            self.out = BytesMut::new();
             self.wbuf = BytesMut::new();
             self.big_buffers = false;
         }
@@ -869,11 +435,6 @@ where
     }
 }
 
-enum Step {
-    Progress,
-    NeedMore,
-}
-
 fn stall_error() -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
@@ -892,15 +453,12 @@ where
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         match this.mode {
-            Mode::H1(_) => this.poll_read_h1(cx, buf),
             Mode::H2(_) => this.poll_read_h2(cx, buf),
-            Mode::Tunnel | Mode::Detect => {
-                if !this.out.is_empty() || !this.rbuf.is_empty() {
-                    let rest = this.rbuf.split();
-                    this.out.extend_from_slice(&rest);
-                    let n = this.out.len().min(buf.remaining());
-                    buf.put_slice(&this.out[..n]);
-                    this.out.advance(n);
+            Mode::Detect => {
+                if !this.rbuf.is_empty() {
+                    let n = this.rbuf.len().min(buf.remaining());
+                    buf.put_slice(&this.rbuf[..n]);
+                    this.rbuf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
                 Pin::new(&mut this.io).poll_read(cx, buf)
@@ -1032,7 +590,7 @@ where
                 return Poll::Pending;
             }
         }
-        this.poll_linger(cx)
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
@@ -1067,6 +625,9 @@ fn flush_wbuf<I: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::h1::request::{
+        head_end, parse_chunk_size, parse_content_length, parse_head, BodyFraming,
+    };
 
     fn cfg() -> GuardConfig {
         let s = crate::observe::Stats::new();
@@ -1109,7 +670,7 @@ mod tests {
         fn head_checks_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
             let c = cfg();
             if let Some(end) = head_end(&bytes) {
-                let _ = check_head(&bytes[..end], &c);
+                let _ = parse_head(bytes::Bytes::copy_from_slice(&bytes[..end]), &c);
             }
             let _ = parse_chunk_size(&bytes);
             let mut p = FrameParser::new(0);
@@ -1126,7 +687,7 @@ mod tests {
             if let Some(cl) = &cl { head.push_str(&format!("content-length: {cl}\r\n")); }
             if let Some(te) = &te { head.push_str(&format!("transfer-encoding: {te}\r\n")); }
             head.push_str("\r\n");
-            match check_head(head.as_bytes(), &cfg()) {
+            match parse_head(bytes::Bytes::from(head.clone()), &cfg()) {
                 Ok(f) => {
                     // Accepted framing is never ambiguous.
                     if te.is_some() {
