@@ -216,8 +216,12 @@ pub fn parse_response_head(
         if hop.observe(&name, &head[value_at..value_at + value_len]) && !upgrading {
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-            .map_err(|_| Malformed("invalid header value"))?;
+        // SAFETY: httparse accepted this value, and it accepts exactly the bytes `HeaderValue`
+        // does (HTAB, SP through `~`, and 0x80-0xFF; no other control byte, no DEL), so the
+        // check `from_maybe_shared` would repeat cannot fail.
+        let value = unsafe {
+            HeaderValue::from_maybe_shared_unchecked(head.slice(value_at..value_at + value_len))
+        };
         headers.append(name, value);
     }
 

@@ -56,6 +56,13 @@ pub fn encode_head(
     body: BodyLen,
 ) -> Encoded {
     let http10 = req.version == Version::HTTP_10;
+    // One allocation for the whole head: the status line, the headers, and room for the
+    // framing, `connection` and `date` headers added here.
+    let size: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    out.reserve(size + 128);
     if status == StatusCode::OK && !http10 {
         out.put_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
@@ -149,7 +156,6 @@ pub fn encode_head(
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.reserve(name.len() + value.len() + 4);
     out.put_slice(name);
     out.put_slice(b": ");
     out.put_slice(value);
