@@ -4,6 +4,7 @@
 //! The response is parsed with httparse (as hyper does); header values are slices of the one
 //! buffer the head was read into, so a response head costs no allocation per header.
 
+use crate::http::h1::wire::itoa_u64;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
@@ -80,50 +81,6 @@ pub fn encode_request_head(
     };
     out.put_slice(b"\r\n");
     framing
-}
-
-/// Decimal digits of `n` without going through `fmt`.
-pub(crate) struct Digits {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Digits {
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-}
-
-pub(crate) fn itoa_u64(mut n: u64) -> Digits {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    Digits { buf, start: i }
-}
-
-/// The prefix of one chunk: its size in hex and CRLF.
-pub fn put_chunk_size(out: &mut BytesMut, len: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 16];
-    let mut i = buf.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        buf[i] = HEX[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&buf[i..]);
-    out.put_slice(b"\r\n");
 }
 
 /// How the response body is delimited (RFC 9112 §6.3).
@@ -447,6 +404,7 @@ fn parse_hex(digits: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::h1::wire::put_chunk_size;
     use http::Request;
 
     fn encode<B>(

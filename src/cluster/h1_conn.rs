@@ -15,19 +15,18 @@
 
 use super::endpoint_pool::ConnActive;
 use super::h1_codec::{
-    encode_request_head, parse_response_head, put_chunk_size, BodyFraming, Decoded, Malformed,
-    RequestFraming,
+    encode_request_head, parse_response_head, BodyFraming, Decoded, Malformed, RequestFraming,
 };
 use super::transport::UpstreamIo;
 use crate::http::body::RequestBody;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use crate::http::h1::wire::{put_chunk_size, Outgoing};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use tokio::io::AsyncWrite;
 
 /// What the read buffer grows by; a response head and a small body fit in one read.
 const READ_BUF: usize = 8 * 1024;
@@ -91,51 +90,6 @@ enum WriteFail {
     /// The upstream stopped reading; its response, if it sent one, is still read.
     Io,
     Body(crate::http::body::BoxError),
-}
-
-/// Bytes waiting to be written: staged head or chunk framing, then a body chunk (not copied),
-/// then the chunk's terminator; one `writev` takes all three.
-#[derive(Default)]
-struct Outgoing {
-    buf: BytesMut,
-    data: Bytes,
-    tail: &'static [u8],
-}
-
-impl Outgoing {
-    fn is_empty(&self) -> bool {
-        self.buf.is_empty() && self.data.is_empty() && self.tail.is_empty()
-    }
-
-    fn clear(&mut self) {
-        self.buf.clear();
-        self.data = Bytes::new();
-        self.tail = b"";
-    }
-
-    fn poll_write(&mut self, io: &mut UpstreamIo, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.is_empty() {
-            let slices = [
-                IoSlice::new(&self.buf),
-                IoSlice::new(&self.data),
-                IoSlice::new(self.tail),
-            ];
-            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            let mut n = n;
-            let a = n.min(self.buf.len());
-            self.buf.advance(a);
-            n -= a;
-            let b = n.min(self.data.len());
-            self.data.advance(b);
-            n -= b;
-            self.tail = &self.tail[n.min(self.tail.len())..];
-        }
-        // TLS keeps records it could not write yet; plain TCP flushes nothing.
-        Pin::new(io).poll_flush(cx)
-    }
 }
 
 /// What a `101 Switching Protocols` leaves: the socket, the bytes already read past the
@@ -248,7 +202,7 @@ impl H1Conn {
             // The next frame is taken before writing, so that a body already here leaves in
             // the same write as the head.
             let mut body_pending = false;
-            if self.out.data.is_empty() && self.out.tail.is_empty() {
+            if self.out.can_stage() {
                 if let Some(s) = &mut self.sending {
                     match Pin::new(&mut s.body).poll_frame(cx) {
                         Poll::Pending => body_pending = true,
@@ -277,7 +231,7 @@ impl H1Conn {
                     }
                 }
             }
-            if let Err(e) = ready!(self.out.poll_write(&mut self.io, cx)) {
+            if let Err(e) = ready!(self.out.poll_write(&mut self.io, cx, &mut false)) {
                 tracing::debug!("writing to upstream: {e}");
                 self.sending = None;
                 self.out.clear();

@@ -11,5 +11,6 @@ pub mod body;
 pub mod request;
 pub mod response;
 pub mod server;
+pub mod wire;
 
 pub use body::H1Body;

@@ -1,7 +1,7 @@
 //! Downstream HTTP/1.1 response heads: the status line, the headers as the connection manager
 //! left them, and the framing this codec chooses (RFC 9112 §6), plus `date`.
 
-use crate::cluster::h1_codec::itoa_u64;
+use super::wire::itoa_u64;
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap};
 use http::{StatusCode, Version};

@@ -15,8 +15,9 @@
 use super::body::{BodyError, Inbound, Need};
 use super::request::{head_end, parse_head, protocol_error, BodyFraming, Head};
 use super::response::{encode_head, BodyLen, Encoding, RequestSide, CONTINUE};
+use super::wire::put_chunk_size;
+use super::wire::Outgoing;
 use crate::cluster::endpoint_pool::Upgraded;
-use crate::cluster::h1_codec::put_chunk_size;
 use crate::http::body::{DownstreamBody, ResponseBody};
 use crate::http::connection_manager::{ConnectionManager, ConnectionStats, Downstream};
 use crate::http::guard::{ConnShared, GuardConfig};
@@ -25,7 +26,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{Method, Response, StatusCode, Version};
 use http_body::Body;
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -96,6 +97,18 @@ struct Sending {
     tunnel: Option<Upgraded>,
 }
 
+impl Sending {
+    /// The body is over: drop it (which finishes the request) and stage the last chunk.
+    fn end(&mut self, out: &mut Outgoing) {
+        self.body = None;
+        self.ended = true;
+        if self.encoding == Encoding::Chunked && !self.terminated {
+            self.terminated = true;
+            out.buf.put_slice(b"0\r\n\r\n");
+        }
+    }
+}
+
 enum Closing {
     Shutdown { linger: bool },
     Draining(Pin<Box<Sleep>>, usize),
@@ -110,21 +123,6 @@ enum Done {
     /// The connection is broken (client gone, write failed or stalled): drop it.
     Abort,
     Tunnel(Upgraded),
-}
-
-/// Bytes waiting to be written: staged head or chunk framing, then a body frame (not copied),
-/// then the frame's terminator; one `writev` takes all three.
-#[derive(Default)]
-struct Outgoing {
-    buf: BytesMut,
-    data: Bytes,
-    tail: &'static [u8],
-}
-
-impl Outgoing {
-    fn is_empty(&self) -> bool {
-        self.buf.is_empty() && self.data.is_empty() && self.tail.is_empty()
-    }
 }
 
 impl<I> Conn<I>
@@ -454,10 +452,7 @@ where
 
             if let Some(s) = ex.response.as_mut() {
                 // Batch the next frame with what is staged when possible.
-                if let (Some(body), true) = (
-                    s.body.as_mut(),
-                    self.out.data.is_empty() && self.out.tail.is_empty(),
-                ) {
+                if let (Some(body), true) = (s.body.as_mut(), self.out.can_stage()) {
                     match Pin::new(&mut *body).poll_frame(cx) {
                         Poll::Ready(Some(Ok(frame))) => {
                             let last = body.is_end_stream();
@@ -465,22 +460,12 @@ where
                                 stage(&mut self.out, s, data, last, self.io.is_write_vectored());
                             }
                             if last {
-                                s.body = None;
-                                s.ended = true;
-                                if s.encoding == Encoding::Chunked && !s.terminated {
-                                    s.terminated = true;
-                                    self.out.buf.put_slice(b"0\r\n\r\n");
-                                }
+                                s.end(&mut self.out);
                             }
                             progress = true;
                         }
                         Poll::Ready(None) => {
-                            s.body = None;
-                            s.ended = true;
-                            if s.encoding == Encoding::Chunked && !s.terminated {
-                                s.terminated = true;
-                                self.out.buf.put_slice(b"0\r\n\r\n");
-                            }
+                            s.end(&mut self.out);
                             progress = true;
                         }
                         // The upstream broke mid-response: the client must see a broken
@@ -634,37 +619,14 @@ where
     }
 
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            let o = &self.out;
-            let slices = [
-                IoSlice::new(&o.buf),
-                IoSlice::new(&o.data),
-                IoSlice::new(o.tail),
-            ];
-            let n = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices) {
-                Poll::Ready(r) => r?,
-                Poll::Pending => return self.stalled(cx),
-            };
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
+        let mut progressed = false;
+        let r = self.out.poll_write(&mut self.io, cx, &mut progressed);
+        if progressed {
             self.write_stall = None;
-            let o = &mut self.out;
-            let mut n = n;
-            let a = n.min(o.buf.len());
-            o.buf.advance(a);
-            n -= a;
-            let b = n.min(o.data.len());
-            o.data.advance(b);
-            n -= b;
-            o.tail = &o.tail[n.min(o.tail.len())..];
         }
-        // The head buffer is reused for the next frame.
-        self.out.buf.clear();
-        // TLS keeps records it could not write yet; plain TCP flushes nothing.
-        match Pin::new(&mut self.io).poll_flush(cx) {
-            Poll::Ready(r) => Poll::Ready(r),
+        match r {
             Poll::Pending => self.stalled(cx),
+            ready => ready,
         }
     }
 
