@@ -255,12 +255,13 @@ impl ConnectionManager {
     }
 
     /// One request, start to response headers. The rest of the request's life is in the
-    /// returned body. An `Err` resets the (HTTP/2) stream.
+    /// returned body. An `Err` resets the (HTTP/2) stream. `active` is the request's place in
+    /// its connection's idle timer (from [`ConnShared::stream_started`]).
     pub async fn handle(
         self: Arc<Self>,
         req: Request<DownstreamBody>,
         ds: Downstream,
-        conn: &Arc<ConnShared>,
+        active: guard::ActiveStream,
     ) -> Result<Response<ResponseBody>, h2::Error> {
         let stats = &self.stats;
         stats.downstream_rq_total.increment(1);
@@ -270,7 +271,6 @@ impl ConnectionManager {
             stats.downstream_rq_http1_total.increment(1);
         }
         stats.downstream_rq_active.increment(1.0);
-        let active = conn.stream_started();
         let version = req.version();
 
         // A WebSocket upgrade keeps its Upgrade/Connection headers for the upstream and takes the
@@ -444,14 +444,14 @@ impl ConnectionManager {
                 X_FORWARDED_PROTO.clone(),
                 HeaderValue::from_static(ds.scheme()),
             );
-        } else if !h.contains_key(&X_FORWARDED_PROTO) {
-            h.insert(
-                X_FORWARDED_PROTO.clone(),
-                HeaderValue::from_static(ds.scheme()),
-            );
+        } else {
+            // One lookup for "absent, then add".
+            h.entry(&X_FORWARDED_PROTO)
+                .or_insert_with(|| HeaderValue::from_static(ds.scheme()));
         }
-        if self.generate_request_id && !h.contains_key(&X_REQUEST_ID) {
-            h.insert(X_REQUEST_ID.clone(), headers::new_request_id());
+        if self.generate_request_id {
+            h.entry(&X_REQUEST_ID)
+                .or_insert_with(headers::new_request_id);
         }
     }
 

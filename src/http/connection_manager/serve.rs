@@ -160,7 +160,7 @@ pub async fn serve<I>(
         let shared = svc_shared.clone();
         let req = req.map(DownstreamBody::H2);
         // Boxed: the codec keeps a slot for every stream's future.
-        Box::pin(async move { cm.handle(req, ds, &shared).await })
+        Box::pin(cm.handle(req, ds, shared.stream_started()))
     });
     // The guard has already told the protocol apart, so hyper's HTTP/2 connection is used
     // directly (hyper-util's auto connection would sniff the preface again through a rewind

@@ -32,7 +32,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
@@ -64,7 +64,6 @@ pub struct Conn<I> {
     eof: bool,
     /// Drain or idle timeout: finish what is in flight, then close.
     draining: bool,
-    head_deadline: Option<Instant>,
     head_sleep: Option<Pin<Box<Sleep>>>,
     write_stall: Option<Pin<Box<Sleep>>>,
     out: Outgoing,
@@ -148,7 +147,6 @@ where
             rbuf,
             eof: false,
             draining: false,
-            head_deadline: None,
             head_sleep: None,
             write_stall: None,
             out: Outgoing::default(),
@@ -318,11 +316,12 @@ where
             say_close: close_requested,
         };
         let request = request.map(|()| body);
-        let cm = self.cm.clone();
-        let shared = self.shared.clone();
-        let ds = self.ds;
         // Boxed: an idle connection then holds a pointer, not the request's whole state.
-        let handler: Handler = Box::pin(async move { cm.handle(request, ds, &shared).await });
+        let handler: Handler = Box::pin(self.cm.clone().handle(
+            request,
+            self.ds,
+            self.shared.stream_started(),
+        ));
         self.ex = Some(Box::new(Exchange {
             handler: Some(handler),
             inbound,
@@ -357,30 +356,27 @@ where
         self.ex = Some(ex);
     }
 
+    /// A head has begun: the connection is not idle any more.
     fn arm_head_timer(&mut self) {
-        if self.head_deadline.is_none() {
-            if let Some((d, _)) = &self.cfg.head_timeout {
-                self.head_deadline = Some(Instant::now() + *d);
-            }
-            self.shared.reading_head.store(true, Ordering::Release);
-        }
+        self.shared.reading_head.store(true, Ordering::Release);
     }
 
     fn disarm_head_timer(&mut self) {
-        if self.head_deadline.is_some() || self.head_sleep.is_some() {
-            self.head_deadline = None;
-            self.head_sleep = None;
-        }
+        self.head_sleep = None;
         self.shared.reading_head.store(false, Ordering::Release);
     }
 
+    /// The head timer runs from when a partial head first made the connection wait (not
+    /// from its very first byte, which would cost a clock read for every head that arrives
+    /// whole; the difference is one poll). True once it has fired.
     fn head_timer_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(deadline) = self.head_deadline else {
+        let Some((limit, _)) = &self.cfg.head_timeout else {
             return false;
         };
+        let limit = *limit;
         let sleep = self
             .head_sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         sleep.as_mut().poll(cx).is_ready()
     }
 
