@@ -1,7 +1,8 @@
 //! HTTP: the connection manager (codec glue, per-request flow), the router, bodies and headers.
 //!
-//! Life of a request here: [`connection_manager::serve`] runs hyper's codec on one downstream
-//! connection; each request goes to [`connection_manager::ConnectionManager::handle`], which picks a
+//! Life of a request here: [`connection_manager::serve`] runs a codec on one downstream
+//! connection (legate's own for HTTP/1.1, [`h1`]; hyper's for HTTP/2, behind [`guard`]); each
+//! request goes to [`connection_manager::ConnectionManager::handle`], which picks a
 //! route ([`router`]), answers locally ([`local_reply`]) or forwards through the router filter
 //! ([`router::forward`]) to a pooled upstream connection; the response streams back through
 //! [`body::ResponseBody`], whose end writes stats and the access log ([`stream_info`]).

@@ -1,5 +1,6 @@
-//! `envoy.filters.network.http_connection_manager`: runs the HTTP/1.1 codec on a downstream
-//! connection and takes each request through routing to a local reply or the router filter.
+//! `envoy.filters.network.http_connection_manager`: runs the downstream codec (HTTP/1.1 or
+//! HTTP/2) on a connection and takes each request through routing to a local reply or the
+//! router filter.
 
 mod serve;
 
