@@ -46,6 +46,8 @@ const LINGER_MAX_BYTES: usize = 1 << 20;
 /// Small response frames are copied next to their framing when the stream cannot write
 /// vectors (TLS), so that one frame is one record.
 const COALESCE_MAX: usize = 16 * 1024;
+/// Buffers up to this size are kept while the connection is idle.
+const IDLE_KEEP: usize = 4 * 1024;
 /// Requests answered in one poll before the task yields to others (a pipelining client).
 const EXCHANGES_PER_POLL: usize = 16;
 
@@ -277,9 +279,13 @@ where
                         self.reject(reply);
                         return Poll::Ready(None);
                     }
-                    if self.rbuf.is_empty() {
-                        // An idle connection keeps no buffer.
+                    // An idle connection keeps small buffers for its next request (the read
+                    // buffer is only ever as large as its largest read, typically a few
+                    // hundred bytes) and gives back what a large head or response grew.
+                    if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_KEEP {
                         self.rbuf = BytesMut::new();
+                    }
+                    if self.out.buf.capacity() > IDLE_KEEP {
                         self.out.buf = BytesMut::new();
                     }
                     return Poll::Pending;
