@@ -8,6 +8,7 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod h1wire;
 pub mod raw;
 
 use bytes::Bytes;
