@@ -305,6 +305,14 @@ impl H1Conn {
                             continue;
                         } else {
                             self.keep_alive = head.keep_alive;
+                            if !head.keep_alive && self.sending.is_some() {
+                                // An early answer that closes the connection (a 413 to an
+                                // upload, say): the rest of the request body would only be
+                                // discarded, or turn the upstream's close into a reset that
+                                // loses this response. Stop sending it.
+                                self.sending = None;
+                                self.out.clear();
+                            }
                             self.reading = match head.body {
                                 None | Some(BodyFraming::Length(0)) => Reading::Done,
                                 Some(framing) => Reading::Body(framing),

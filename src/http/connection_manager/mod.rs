@@ -105,6 +105,7 @@ pub struct HcmStats {
     pub downstream_rq_timeout: Counter,
     pub downstream_rq_too_many_premature_resets: Counter,
     pub downstream_rq_rx_reset: Counter,
+    pub downstream_rq_response_before_rq_complete: Counter,
     pub downstream_rq_tx_reset: Counter,
 }
 
@@ -141,6 +142,9 @@ impl HcmStats {
             downstream_rq_timeout: c("downstream_rq_timeout"),
             downstream_rq_too_many_premature_resets: c("downstream_rq_too_many_premature_resets"),
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
+            downstream_rq_response_before_rq_complete: c(
+                "downstream_rq_response_before_rq_complete",
+            ),
             downstream_rq_tx_reset: c("downstream_rq_tx_reset"),
         }
     }

@@ -180,6 +180,51 @@ impl Inbound {
         self.failed
     }
 
+    /// Whether the bytes in `buf` hold the rest of the body (without consuming them).
+    pub fn completes_with(&self, buf: &[u8]) -> bool {
+        let mut state = self.decoder;
+        let mut i = 0;
+        loop {
+            let rest = &buf[i..];
+            match state {
+                Decoder::Done => return true,
+                Decoder::Length(left) => return rest.len() as u64 >= left,
+                Decoder::ChunkSize | Decoder::Trailers => {
+                    let Some(nl) = memchr::memchr(b'\n', rest) else {
+                        return false;
+                    };
+                    state = if state == Decoder::Trailers {
+                        if nl == 1 && rest[0] == b'\r' {
+                            return true;
+                        }
+                        Decoder::Trailers
+                    } else {
+                        match parse_chunk_size(&rest[..=nl]) {
+                            Some(0) => Decoder::Trailers,
+                            Some(n) => Decoder::ChunkData(n),
+                            None => return false,
+                        }
+                    };
+                    i += nl + 1;
+                }
+                Decoder::ChunkData(left) => {
+                    if (rest.len() as u64) < left {
+                        return false;
+                    }
+                    i += left as usize;
+                    state = Decoder::ChunkCrlf;
+                }
+                Decoder::ChunkCrlf => {
+                    if !rest.starts_with(b"\r\n") {
+                        return false;
+                    }
+                    i += 2;
+                    state = Decoder::ChunkSize;
+                }
+            }
+        }
+    }
+
     /// The handler let go of the body before its end.
     pub fn is_dropped(&self) -> bool {
         self.slot.lock().dropped
@@ -462,6 +507,19 @@ mod tests {
         ] {
             assert!(decode(bad, 3).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn buffered_rest_of_a_body_is_recognised() {
+        let (chunked, _b) = Inbound::new(None, 1024);
+        assert!(chunked.completes_with(b"5\r\nhello\r\n0\r\n\r\n"));
+        assert!(chunked.completes_with(b"5\r\nhello\r\n0\r\nx: 1\r\n\r\nGET / HTTP/1.1\r\n"));
+        assert!(!chunked.completes_with(b"5\r\nhello\r\n0\r\n"));
+        assert!(!chunked.completes_with(b"5\r\nhel"));
+        assert!(!chunked.completes_with(b"zz\r\n"));
+        let (length, _b) = Inbound::new(Some(5), 1024);
+        assert!(length.completes_with(b"hello"));
+        assert!(!length.completes_with(b"hell"));
     }
 
     #[test]

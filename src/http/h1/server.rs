@@ -46,6 +46,9 @@ const LINGER_MAX_BYTES: usize = 1 << 20;
 /// Small response frames are copied next to their framing when the stream cannot write
 /// vectors (TLS), so that one frame is one record.
 const COALESCE_MAX: usize = 16 * 1024;
+/// How much of a request body still arriving is read ahead when the response starts, to
+/// tell whether the request is complete.
+const BODY_PEEK: usize = 64 * 1024;
 /// Buffers up to this size are kept while the connection is idle.
 const IDLE_KEEP: usize = 4 * 1024;
 /// Requests answered in one poll before the task yields to others (a pipelining client).
@@ -406,7 +409,10 @@ where
                 if let Poll::Ready(r) = handler.as_mut().poll(cx) {
                     ex.handler = None;
                     match r {
-                        Ok(resp) => self.start_response(ex, resp),
+                        Ok(resp) => {
+                            self.read_ahead(ex, cx);
+                            self.start_response(ex, resp);
+                        }
                         // Only HTTP/2 resets a stream; an HTTP/1.1 connection has nothing else.
                         Err(_) => return Poll::Ready(Done::Abort),
                     }
@@ -536,24 +542,44 @@ where
         }
     }
 
+    /// Before a response starts while its request body is still arriving: what the client has
+    /// sent already counts as received, as it would for a proxy that reads ahead (Envoy
+    /// buffers it), so take it from the socket, up to a bound.
+    fn read_ahead(&mut self, ex: &Exchange, cx: &mut Context<'_>) {
+        if ex.inbound.as_ref().is_none_or(|i| i.is_complete()) {
+            return;
+        }
+        while self.rbuf.len() < BODY_PEEK && !self.eof {
+            if !matches!(self.read_socket(cx), Poll::Ready(Ok(()))) {
+                break;
+            }
+        }
+    }
+
     fn start_response(&mut self, ex: &mut Exchange, resp: Response<ResponseBody>) {
         let (parts, mut body) = resp.into_parts();
         let tunnel = body.take_tunnel();
-        // A body the handler let go of before its end cannot be skipped if it is not all
-        // here: the connection closes after this answer, and says so.
-        let mut unread = false;
+        // A response that starts before the request has arrived whole (what the client has
+        // sent already counts, see `read_ahead`) is counted as in Envoy. If nobody will read
+        // the rest of the request, the connection ends after this response and says so now;
+        // if the handler still streams it upstream (an upstream answering as it reads), the
+        // connection lives on when the request does end before the response.
         if let Some(inbound) = ex.inbound.as_mut() {
-            if !inbound.is_complete() && inbound.is_dropped() {
-                let _ = inbound.feed(&mut self.rbuf, true);
-                unread = !inbound.is_complete();
+            if !inbound.is_complete() && !inbound.completes_with(&self.rbuf) {
+                self.cm
+                    .stats
+                    .downstream_rq_response_before_rq_complete
+                    .increment(1);
+                if inbound.is_dropped() {
+                    ex.linger = true;
+                    ex.req.close = true;
+                    ex.req.say_close = true;
+                }
             }
         }
-        if unread || self.draining {
+        if self.draining {
             ex.req.close = true;
             ex.req.say_close = true;
-        }
-        if unread {
-            ex.linger = true;
         }
         let len = if body.is_end_stream() {
             BodyLen::Empty
