@@ -66,6 +66,8 @@ pub struct Conn<I> {
     shared: Arc<ConnShared>,
     stats: Arc<ConnectionStats>,
     rbuf: BytesMut,
+    /// Room for request body bytes read straight from the socket.
+    body_buf: BytesMut,
     eof: bool,
     /// Drain or idle timeout: finish what is in flight, then close.
     draining: bool,
@@ -150,6 +152,7 @@ where
             shared,
             stats,
             rbuf,
+            body_buf: BytesMut::new(),
             eof: false,
             draining: false,
             head_sleep: None,
@@ -291,6 +294,7 @@ where
                     if self.out.buf.capacity() > IDLE_KEEP {
                         self.out.buf = BytesMut::new();
                     }
+                    self.body_buf = BytesMut::new();
                     return Poll::Pending;
                 }
             }
@@ -623,23 +627,25 @@ where
     }
 
     /// Read body bytes: straight into a frame of their own when the length is known and
-    /// nothing is buffered, else into `rbuf`. `Ok(false)` at EOF.
+    /// nothing is buffered (never past the body's end: what follows is the next request),
+    /// else into `rbuf`. `Ok(false)` at EOF.
     fn read_body(&mut self, inbound: &mut Inbound, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         if let (Some(left), true) = (inbound.direct_read(), self.rbuf.is_empty()) {
-            let mut buf = BytesMut::with_capacity(left.clamp(1, READ_CHUNK));
-            let n = {
-                let mut rb = ReadBuf::uninit(buf.spare_capacity_mut());
-                ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
-                rb.filled().len()
-            };
+            // The buffer outlives a read that finds nothing, and what a read leaves of it
+            // takes the next frame.
+            if self.body_buf.capacity() < 1024 {
+                self.body_buf.reserve(left.clamp(1, READ_CHUNK));
+            }
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.io),
+                cx,
+                &mut (&mut self.body_buf).limit(left),
+            ))?;
             if n == 0 {
                 self.eof = true;
                 return Poll::Ready(Ok(false));
             }
-            // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity (the
-            // `ReadBuf` was built over it and reports them filled).
-            unsafe { buf.set_len(n) };
-            inbound.put_direct(buf.freeze());
+            inbound.put_direct(self.body_buf.split().freeze());
             return Poll::Ready(Ok(true));
         }
         ready!(self.read_socket(cx))?;
