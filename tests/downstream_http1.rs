@@ -321,16 +321,31 @@ async fn http10_is_answered_and_closed() {
     assert_eq!(status_line(&head), "HTTP/1.0 200 OK", "{head}");
     assert!(c.closes_silently().await, "closed after the response");
 
-    // With `Connection: keep-alive`: answered, but today the connection still closes (legate
-    // never answers with `connection: keep-alive`; Envoy with accept_http_10 would keep it).
+    // With `Connection: keep-alive` (ApacheBench's `-k`): the answer says keep-alive, as
+    // Envoy's does, and the connection serves the next request.
     let mut c = Client::open(legate.addr).await;
     c.send(b"GET /two HTTP/1.0\r\nhost: a\r\nconnection: keep-alive\r\n\r\n")
         .await;
     let (head, _) = c.response().await.expect("answer");
     assert_eq!(status_line(&head), "HTTP/1.0 200 OK", "{head}");
+    assert_eq!(
+        header_values(&head, "connection"),
+        vec!["keep-alive"],
+        "{head}"
+    );
+    c.send(b"GET /three HTTP/1.0\r\nhost: a\r\nconnection: keep-alive\r\n\r\n")
+        .await;
+    let (head, _) = c
+        .response()
+        .await
+        .expect("second answer on the same connection");
+    assert_eq!(status_line(&head), "HTTP/1.0 200 OK", "{head}");
+    // The last request without keep-alive closes it.
+    c.send(b"GET /four HTTP/1.0\r\nhost: a\r\n\r\n").await;
+    let (head, _) = c.response().await.expect("third answer");
     assert!(header_values(&head, "connection").is_empty(), "{head}");
     assert!(c.closes_silently().await, "closed after the response");
-    assert_eq!(up.request_count(), 2);
+    assert_eq!(up.request_count(), 4);
 }
 
 #[tokio::test]
@@ -341,7 +356,8 @@ async fn http10_unknown_length_is_close_delimited() {
     .await;
     let legate = proxy_to(up.addr, ACCEPT_HTTP_10).await;
     let mut s = TcpStream::connect(legate.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\nhost: a\r\n\r\n")
+    // Even when keep-alive is asked for: without a length, only the close can end the body.
+    s.write_all(b"GET / HTTP/1.0\r\nhost: a\r\nconnection: keep-alive\r\n\r\n")
         .await
         .unwrap();
     let (text, closed) = read_until_close(&mut s, WAIT).await;
@@ -353,6 +369,7 @@ async fn http10_unknown_length_is_close_delimited() {
         "{head}"
     );
     assert!(header_values(head, "content-length").is_empty(), "{head}");
+    assert!(header_values(head, "connection").is_empty(), "{head}");
     assert_eq!(body, "hello");
 }
 

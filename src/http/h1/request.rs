@@ -22,8 +22,8 @@ pub struct Head {
     /// Method, target, version and headers; the body is the codec's to deliver.
     pub request: http::Request<()>,
     pub body: BodyFraming,
-    /// The client asked to close after this exchange (`Connection: close`, or HTTP/1.0, or a
-    /// `Content-Length` dropped for `chunked`).
+    /// The client asked to close after this exchange (`Connection: close`, or HTTP/1.0
+    /// without `Connection: keep-alive`, or a `Content-Length` dropped for `chunked`).
     pub close: bool,
     /// `Connection: close` was asked for explicitly: the response says it back.
     pub close_requested: bool,
@@ -101,6 +101,7 @@ pub fn parse_head(head: Bytes, cfg: &GuardConfig) -> Result<Head, LocalReply> {
     let mut te: smallvec::SmallVec<[&[u8]; 2]> = smallvec::SmallVec::new();
     let mut upgrade = method == Method::CONNECT;
     let mut close_requested = false;
+    let mut keep_alive_requested = false;
     let mut expect_continue = false;
     for h in req.headers.iter() {
         // httparse already holds values to what `HeaderValue` accepts (HTAB, visible ASCII,
@@ -127,6 +128,7 @@ pub fn parse_head(head: Bytes, cfg: &GuardConfig) -> Result<Head, LocalReply> {
         } else if name == header::CONNECTION {
             for token in h.value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
                 close_requested |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_requested |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name == header::EXPECT {
             expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
@@ -137,8 +139,9 @@ pub fn parse_head(head: Bytes, cfg: &GuardConfig) -> Result<Head, LocalReply> {
         let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(span(h.value))) };
         headers.append(name, value);
     }
-    // HTTP/1.0 closes after one exchange: legate never answers `Connection: keep-alive`.
-    let mut close = close_requested || version == Version::HTTP_10;
+    // HTTP/1.0 keeps the connection only when asked to (`Connection: keep-alive`, as ApacheBench
+    // `-k` sends it), and only if the response can say where it ends.
+    let mut close = close_requested || (version == Version::HTTP_10 && !keep_alive_requested);
     let body = if te.is_empty() {
         match content_length {
             None | Some(0) => BodyFraming::None,

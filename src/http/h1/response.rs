@@ -143,6 +143,10 @@ pub fn encode_head(
         out.put_slice(b"connection: close\r\n");
         close = true;
     }
+    // HTTP/1.0 closes unless the response says otherwise.
+    if http10 && !close && !has_connection {
+        out.put_slice(b"connection: keep-alive\r\n");
+    }
     if !has_date {
         out.put_slice(b"date: ");
         put_date(out);
@@ -290,6 +294,24 @@ mod tests {
                 close: true
             }
         );
+    }
+
+    #[test]
+    fn http10_keep_alive_is_said_when_the_length_is_known() {
+        let r = RequestSide {
+            version: Version::HTTP_10,
+            ..req()
+        };
+        let (t, e) = encode(200, &[], r, BodyLen::Known(2));
+        assert_eq!(
+            t,
+            "HTTP/1.0 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\n"
+        );
+        assert!(!e.close);
+        // Without a length the close ends the body, keep-alive or not.
+        let (t, e) = encode(200, &[], r, BodyLen::Unknown);
+        assert_eq!(t, "HTTP/1.0 200 OK\r\n\r\n");
+        assert!(e.close);
     }
 
     #[test]
