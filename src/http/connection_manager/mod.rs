@@ -232,6 +232,17 @@ impl ConnectionManager {
         })
     }
 
+    fn count_request(&self, version: Version) {
+        let stats = &self.stats;
+        stats.downstream_rq_total.increment(1);
+        if version == Version::HTTP_2 {
+            stats.downstream_rq_http2_total.increment(1);
+        } else {
+            stats.downstream_rq_http1_total.increment(1);
+        }
+        stats.downstream_rq_active.increment(1.0);
+    }
+
     /// The limits the downstream codecs apply.
     pub fn guard_config(&self) -> Arc<GuardConfig> {
         self.guard.clone()
@@ -245,10 +256,7 @@ impl ConnectionManager {
         conn: &Arc<ConnShared>,
         reply: LocalReply,
     ) -> Response<ResponseBody> {
-        let stats = &self.stats;
-        stats.downstream_rq_total.increment(1);
-        stats.downstream_rq_http1_total.increment(1);
-        stats.downstream_rq_active.increment(1.0);
+        self.count_request(Version::HTTP_11);
         let mut info = Box::new(StreamInfo::new(
             self.clone(),
             ds,
@@ -269,14 +277,8 @@ impl ConnectionManager {
         active: guard::ActiveStream,
     ) -> Result<Response<ResponseBody>, h2::Error> {
         let stats = &self.stats;
-        stats.downstream_rq_total.increment(1);
-        if req.version() == Version::HTTP_2 {
-            stats.downstream_rq_http2_total.increment(1);
-        } else {
-            stats.downstream_rq_http1_total.increment(1);
-        }
-        stats.downstream_rq_active.increment(1.0);
         let version = req.version();
+        self.count_request(version);
 
         // A WebSocket upgrade keeps its Upgrade/Connection headers for the upstream and takes the
         // downstream connection over once the upstream answers 101.

@@ -146,7 +146,8 @@ pub async fn serve<I>(
         })
         .await;
         if let Some(Some(up)) = upgraded {
-            conn.tunnel(up).await;
+            // Boxed: its state is not part of every connection's future.
+            Box::pin(conn.tunnel(up)).await;
         }
         return;
     }
@@ -156,11 +157,9 @@ pub async fn serve<I>(
     let svc_shared = shared.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         conn_stats.saw(req.version());
-        let cm = svc_cm.clone();
-        let shared = svc_shared.clone();
         let req = req.map(DownstreamBody::H2);
         // Boxed: the codec keeps a slot for every stream's future.
-        Box::pin(cm.handle(req, ds, shared.stream_started()))
+        Box::pin(svc_cm.clone().handle(req, ds, svc_shared.stream_started()))
     });
     // The guard has already told the protocol apart, so hyper's HTTP/2 connection is used
     // directly (hyper-util's auto connection would sniff the preface again through a rewind
