@@ -233,6 +233,97 @@ pub fn parse_chunk_size(line: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::http::guard::test_config as cfg;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 512,
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::Direct(
+                    "tests/proptest-regressions/h1_request.txt",
+                ),
+            )),
+            ..Default::default()
+        })]
+
+        /// Any bytes: the head checks answer, never panic.
+        #[test]
+        fn head_checks_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            if let Some(end) = head_end(&bytes) {
+                let _ = parse_head(Bytes::copy_from_slice(&bytes[..end]), &cfg());
+            }
+            let _ = parse_chunk_size(&bytes);
+        }
+
+        /// Head-like text around the framing headers.
+        #[test]
+        fn framing_verdicts_are_consistent(
+            cl in proptest::option::of("[ +0-9,a-f]{0,6}"),
+            te in proptest::option::of("(chunked|gzip|identity|, ){0,3}"),
+        ) {
+            let mut head = String::from("POST / HTTP/1.1\r\nhost: a\r\n");
+            if let Some(cl) = &cl { head.push_str(&format!("content-length: {cl}\r\n")); }
+            if let Some(te) = &te { head.push_str(&format!("transfer-encoding: {te}\r\n")); }
+            head.push_str("\r\n");
+            match parse_head(Bytes::from(head.clone()), &cfg()) {
+                Ok(f) => {
+                    // Accepted framing is never ambiguous.
+                    if te.is_some() {
+                        proptest::prop_assert_eq!(f.body, BodyFraming::Chunked);
+                        proptest::prop_assert!(cl.is_none());
+                    }
+                }
+                Err(LocalReply::DownstreamProtocolError { status, .. }) => {
+                    proptest::prop_assert!(status == 400 || status == 501);
+                }
+                Err(other) => proptest::prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
+
+    #[test]
+    fn head_end_finds_crlf_and_lf() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nhost: a\r\n\r\nrest"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nhost: a\n\n"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nhost: a\r\n"), None);
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(parse_content_length(b" 42 "), Some(42));
+        for bad in [
+            &b"+4"[..],
+            b"-1",
+            b"4, 4",
+            b"",
+            b"0x4",
+            b"4 4",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(parse_content_length(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_chunk_size(b"1a\r\n"), Some(26));
+        assert_eq!(parse_chunk_size(b"3;name=value\r\n"), Some(3));
+        assert_eq!(parse_chunk_size(b"3 \r\n"), Some(3));
+        for bad in [
+            &b"zz\r\n"[..],
+            b"0x3\r\n",
+            b"\r\n",
+            b" 3\r\n",
+            b"3\n",
+            b"3\rx\r\n",
+            b"fffffffffffffffff1\r\n",
+            b"3 x\r\n",
+        ] {
+            assert_eq!(parse_chunk_size(bad), None, "{bad:?}");
+        }
+    }
+
     /// The `unsafe` in `parse_head` (and the upstream codec's) rests on this: a byte httparse
     /// lets into a header value is a byte `HeaderValue` accepts, for every byte.
     #[test]
