@@ -6,6 +6,7 @@
 mod common;
 
 use bytes::Bytes;
+use common::h1wire::{self, header_values};
 use common::raw::{self, find, read_until_close};
 use common::*;
 use http::Response;
@@ -51,82 +52,32 @@ async fn path_echo() -> Upstream {
     .await
 }
 
-/// A client connection that keeps what it read past the current message.
-struct Client {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
+/// The shared raw client, answering `(head, body text)` as these tests read responses.
+struct Client(h1wire::Client);
 
 impl Client {
     async fn open(addr: SocketAddr) -> Client {
-        Client {
-            s: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-        }
+        Client(h1wire::Client::open(addr).await)
     }
 
     async fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).await.unwrap();
+        self.0.send(bytes).await
     }
 
-    /// Read more into the buffer; false on EOF, error or timeout.
-    async fn fill(&mut self, deadline: tokio::time::Instant) -> bool {
-        let mut tmp = [0u8; 16384];
-        match tokio::time::timeout_at(deadline, self.s.read(&mut tmp)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => false,
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&tmp[..n]);
-                true
-            }
-        }
-    }
-
-    /// The next head (through the empty line), without any body; `None` if none came in time.
+    /// The next head (through the empty line), without any body.
     async fn head(&mut self) -> Option<String> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                let head: Vec<u8> = self.buf.drain(..end + 4).collect();
-                return Some(String::from_utf8_lossy(&head).into_owned());
-            }
-            if !self.fill(deadline).await {
-                return None;
-            }
-        }
+        self.0.head().await
     }
 
-    /// The next response: head plus a `content-length` body.
     async fn response(&mut self) -> Option<(String, String)> {
-        let head = self.head().await?;
-        let len: usize = header_values(&head, "content-length")
-            .first()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.buf.len() < len {
-            if !self.fill(deadline).await {
-                return None;
-            }
-        }
-        let body: Vec<u8> = self.buf.drain(..len).collect();
-        Some((head, String::from_utf8_lossy(&body).into_owned()))
+        self.0.response().await.map(|r| (r.head.clone(), r.text()))
     }
 
-    /// Whether the server closes (EOF or reset) with nothing more sent, within `WAIT`.
+    /// Whether the server closes (EOF or reset) with nothing more sent.
     async fn closes_silently(&mut self) -> bool {
-        let (rest, closed) = read_until_close(&mut self.s, WAIT).await;
-        closed && rest.is_empty() && self.buf.is_empty()
+        let (rest, closed) = self.0.until_close().await;
+        closed && rest.is_empty()
     }
-}
-
-/// All values of `name` in a response head, trimmed.
-fn header_values(head: &str, name: &str) -> Vec<String> {
-    head.split("\r\n")
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim().to_string())
-        .collect()
 }
 
 fn status_line(text: &str) -> &str {
