@@ -15,6 +15,7 @@ use std::time::{Instant, SystemTime};
 pub struct StreamInfo {
     pub cm: Arc<ConnectionManager>,
     pub start: Instant,
+    /// Wall-clock start, for `%START_TIME%` (the epoch when no access log is configured).
     pub start_time: SystemTime,
     pub downstream: Downstream,
     pub protocol: &'static str,
@@ -41,10 +42,16 @@ pub struct StreamInfo {
 
 impl StreamInfo {
     pub fn new(cm: Arc<ConnectionManager>, downstream: Downstream, protocol: &'static str) -> Self {
+        // The wall-clock start is for access logs only: no clock read without one.
+        let start_time = if cm.access_logs.is_empty() {
+            SystemTime::UNIX_EPOCH
+        } else {
+            SystemTime::now()
+        };
         StreamInfo {
             cm,
             start: Instant::now(),
-            start_time: SystemTime::now(),
+            start_time,
             downstream,
             protocol,
             status: 0,
@@ -147,8 +154,10 @@ impl StreamInfo {
         if !cm.access_logs.is_empty() {
             self.write_access_logs(elapsed);
         }
-        // The connection may idle from now on.
-        self.active = None;
+        // The connection may idle from now on (timed from the clock read above).
+        if let Some(active) = self.active.take() {
+            active.end_at(now);
+        }
     }
 
     fn write_access_logs(&self, duration: std::time::Duration) {

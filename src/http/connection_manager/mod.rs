@@ -654,9 +654,9 @@ pub(super) async fn stream_timers<F: Future>(
 ) -> Result<F::Output, LocalReply> {
     let request_deadline = limits.request_timeout.map(|d| start + d);
     let mut seen = progress.bytes.load(Ordering::Relaxed);
-    // One clock read for the first deadlines; the clock is read again only on the (rare)
-    // later passes of the loop.
-    let mut now = Instant::now();
+    // The first deadlines count from the request's start, read microseconds ago; the clock is
+    // read again only on the (rare) later passes of the loop.
+    let mut now = start;
     let mut fresh = true;
     let mut idle_deadline = limits.stream_idle_timeout.map(|d| now + d);
     let mut route_deadline = None;

@@ -101,7 +101,7 @@ impl ConnShared {
 
     pub fn stream_started(self: &Arc<Self>) -> ActiveStream {
         self.active.fetch_add(1, Ordering::AcqRel);
-        ActiveStream(self.clone())
+        ActiveStream(Some(self.clone()))
     }
 
     /// `Some(since)` when no stream is in flight and no head is arriving.
@@ -113,13 +113,26 @@ impl ConnShared {
     }
 }
 
-/// A stream in flight, for the connection's idle timer; ends when dropped.
-pub struct ActiveStream(Arc<ConnShared>);
+/// A stream in flight, for the connection's idle timer; ends when dropped (or, with a time the
+/// caller has already read, [`ActiveStream::end_at`]).
+pub struct ActiveStream(Option<Arc<ConnShared>>);
+
+impl ActiveStream {
+    pub fn end_at(mut self, now: Instant) {
+        self.end(|| now);
+    }
+
+    fn end(&mut self, now: impl FnOnce() -> Instant) {
+        if let Some(shared) = self.0.take() {
+            *lock(&shared.idle_since) = Some(now());
+            shared.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
-        *lock(&self.0.idle_since) = Some(Instant::now());
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.end(Instant::now);
     }
 }
 
