@@ -146,18 +146,17 @@ pub fn parse_response_head(
     // that the values can share it instead of being copied.
     let base = buf.as_ptr() as usize;
     let count = resp.headers.len();
-    let spans: smallvec::SmallVec<[(usize, usize, usize, usize); 32]> = resp
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.as_ptr() as usize - base,
-                h.name.len(),
-                h.value.as_ptr() as usize - base,
-                h.value.len(),
-            )
-        })
-        .collect();
+    // Filled where it lives: collecting would build it elsewhere and move its kilobyte.
+    let mut spans: smallvec::SmallVec<[(usize, usize, usize, usize); 32]> =
+        smallvec::SmallVec::new();
+    spans.extend(resp.headers.iter().map(|h| {
+        (
+            h.name.as_ptr() as usize - base,
+            h.name.len(),
+            h.value.as_ptr() as usize - base,
+            h.value.len(),
+        )
+    }));
     let head = buf.split_to(len).freeze();
     // After a `101` the headers go to the client as they are (the tunnel needs `Upgrade` and
     // `Connection`); otherwise hop-by-hop headers are read for framing and left out here, so
