@@ -29,8 +29,6 @@ pub struct Head {
     pub close_requested: bool,
     /// `Expect: 100-continue` on an HTTP/1.1 request with a body.
     pub expect_continue: bool,
-    /// An `Upgrade` or CONNECT request: the connection may become a tunnel after it.
-    pub upgrade: bool,
 }
 
 /// The end of a request head (after its empty line), accepting bare LF line ends as hyper does.
@@ -99,7 +97,6 @@ pub fn parse_head(head: Bytes, cfg: &GuardConfig) -> Result<Head, LocalReply> {
     let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
     let mut content_length: Option<u64> = None;
     let mut te: smallvec::SmallVec<[&[u8]; 2]> = smallvec::SmallVec::new();
-    let mut upgrade = method == Method::CONNECT;
     let mut close_requested = false;
     let mut keep_alive_requested = false;
     let mut expect_continue = false;
@@ -123,8 +120,6 @@ pub fn parse_head(head: Bytes, cfg: &GuardConfig) -> Result<Head, LocalReply> {
             content_length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
             te.push(h.value);
-        } else if name == header::UPGRADE {
-            upgrade = true;
         } else if name == header::CONNECTION {
             for token in h.value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
                 close_requested |= token.eq_ignore_ascii_case(b"close");
@@ -190,7 +185,6 @@ pub fn parse_head(head: Bytes, cfg: &GuardConfig) -> Result<Head, LocalReply> {
         close,
         close_requested,
         expect_continue,
-        upgrade,
     })
 }
 

@@ -308,7 +308,6 @@ where
             close,
             close_requested,
             expect_continue,
-            upgrade: _,
         } = head;
         self.stats.saw(request.version());
         let (inbound, body) = match body {
