@@ -406,3 +406,109 @@ async fn zero_window_reader_is_reset_after_stream_idle_timeout() {
     assert_eq!(c.outcome(3, WAIT).await, Outcome::Status(200));
     others_served(&legate).await;
 }
+
+#[tokio::test]
+async fn connection_keepalive_closes_a_peer_that_stops_answering_pings() {
+    let up = Upstream::echo("a").await;
+    let legate = proxy(
+        &up,
+        "          http2_protocol_options: { connection_keepalive: { interval: 0.2s, timeout: 0.3s } }",
+    )
+    .await;
+    // A peer that answers: hyper's client ACKs every PING, so its connection outlives many
+    // intervals and still serves requests.
+    let live = H2Conn::open(legate.addr).await;
+    assert_eq!(live.get(&legate.url("/")).await.unwrap().status, 200);
+
+    // A peer that never answers gets PINGs, then the connection closes after one timeout.
+    let mut mute = H2::connect(legate.addr).await;
+    let started = std::time::Instant::now();
+    let ping = mute
+        .until(WAIT, |f| f.kind == PING && f.flags & ACK == 0)
+        .await;
+    assert!(ping.is_some(), "legate sends a keepalive PING");
+    let ended = mute.until(WAIT, |_| false).await;
+    assert!(ended.is_none());
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_millis(450) && lived < Duration::from_millis(2500),
+        "closed one interval plus one timeout after it opened, not {lived:?}"
+    );
+    // A mute peer's connection is gone, not merely quiet: the socket reads EOF.
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    let eof = tokio::time::timeout(WAIT, mute.s.read(&mut byte)).await;
+    assert!(matches!(eof, Ok(Ok(0)) | Ok(Err(_))), "{eof:?}");
+    assert_eq!(legate.stat("http2.keepalive_timeout"), 1);
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(live.get(&legate.url("/")).await.unwrap().status, 200);
+    assert!(!live.sender.is_closed());
+}
+
+#[tokio::test]
+async fn a_stream_reset_while_its_upstream_thinks_ends_alone() {
+    let up = hanging_upstream().await;
+    let legate = proxy(&up, "").await;
+    let mut h = H2::connect(legate.addr).await;
+    h.send(&get_on(1, "/hang", &[])).await;
+    legate.wait_stat("cluster.c.upstream_rq_active", 1).await;
+    h.send(&frame(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()))
+        .await;
+    // The request ends at once, not when the upstream would have answered (10 s): its
+    // upstream exchange is dropped with it and the stream counts as reset by the client.
+    legate
+        .wait_stat("http.ingress.downstream_rq_rx_reset", 1)
+        .await;
+    legate
+        .wait_stat("http.ingress.downstream_rq_active", 0)
+        .await;
+    legate.wait_stat("cluster.c.upstream_rq_active", 0).await;
+    // The connection carries on.
+    h.send(&get_on(3, "/direct", &[])).await;
+    match h.outcome(3, WAIT).await {
+        Outcome::Status(s) => assert_eq!(s, 200),
+        other => panic!("stream 3: {other:?}"),
+    }
+}
+
+/// The SETTINGS legate sends first, as (identifier, value) pairs.
+async fn server_settings(legate: &Legate) -> Vec<(u16, u32)> {
+    let mut c = H2::connect(legate.addr).await;
+    let f = c
+        .until(WAIT, |f| f.kind == SETTINGS && f.flags & ACK == 0)
+        .await
+        .expect("server SETTINGS");
+    f.payload
+        .chunks(6)
+        .map(|p| {
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn http2_protocol_options_reach_the_client_in_settings() {
+    let up = Upstream::echo("a").await;
+    let legate = proxy(
+        &up,
+        "          http2_protocol_options: { hpack_table_size: 8192, max_concurrent_streams: 7, initial_stream_window_size: 131072 }",
+    )
+    .await;
+    let s = server_settings(&legate).await;
+    // HEADER_TABLE_SIZE, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE.
+    assert!(s.contains(&(0x1, 8192)), "{s:?}");
+    assert!(s.contains(&(0x3, 7)), "{s:?}");
+    assert!(s.contains(&(0x4, 131072)), "{s:?}");
+    // A local reply over HTTP/2 carries its length and a date, as over HTTP/1.1.
+    let c = H2Conn::open(legate.addr).await;
+    let r = c.get(&legate.url("/direct")).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello");
+    assert_eq!(r.header("content-length"), "5");
+    assert!(r.header("date").ends_with(" GMT"), "{:?}", r.header("date"));
+    others_served(&legate).await;
+}

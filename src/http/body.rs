@@ -1,5 +1,5 @@
 //! Bodies on both hops. Frames pass through as they arrive, without copying: a downstream body
-//! is hyper's `Incoming` (HTTP/2) or what legate's HTTP/1.1 codec decoded from its read buffer
+//! is an h2 stream ([`crate::http::h2::H2Body`]) or what legate's HTTP/1.1 codec decoded from its read buffer
 //! ([`crate::http::h1::H1Body`]), an upstream one hyper's HTTP/2 stream or a slice of legate's
 //! own HTTP/1.1 connection's read buffer. Backpressure is end to end: nothing is read from one side
 //! before the other side has taken the previous frame.
@@ -9,7 +9,6 @@ use crate::cluster::endpoint_pool::{Upgraded, Upstream, UpstreamBody};
 use crate::cluster::Host;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,7 +48,7 @@ impl RequestProgress {
 /// A downstream request body as its codec delivers it.
 pub enum DownstreamBody {
     H1(crate::http::h1::H1Body),
-    H2(Incoming),
+    H2(crate::http::h2::H2Body),
     Empty,
 }
 
@@ -296,8 +295,9 @@ impl Body for ResponseBody {
                 }
             }
             Some(Err(_)) => {
-                // The upstream reset mid-response (or the downstream broke the request body). Returning the error makes hyper abort the
-                // downstream connection, so the client sees a broken response, never a short
+                // The upstream reset mid-response (or the downstream broke the request body).
+                // The error makes the downstream codec abort: HTTP/1.1 closes the connection,
+                // HTTP/2 resets the stream, so the client sees a broken response, never a short
                 // one that looks complete.
                 if let Some(s) = this.stream.as_mut() {
                     s.upstream_reset_mid_response();

@@ -27,9 +27,6 @@ use crate::observe::{Histogram, Stats};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use metrics::{Counter, Gauge};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -202,6 +199,7 @@ impl ConnectionManager {
                 http2_outbound_flood: stats.counter("http2.outbound_flood"),
                 http2_outbound_control_flood: stats.counter("http2.outbound_control_flood"),
                 http2_tx_flush_timeout: stats.counter("http2.tx_flush_timeout"),
+                http2_keepalive_timeout: stats.counter("http2.keepalive_timeout"),
                 http2_header_overflow: stats.counter("http2.header_overflow"),
             },
         });

@@ -1,5 +1,6 @@
-//! The codec glue: one downstream connection served by legate's HTTP/1.1 codec, or by hyper's
-//! HTTP/2 behind the connection guard (by preface or ALPN), until it closes or drains.
+//! The codec glue: one downstream connection served by legate's HTTP/1.1 codec, or by h2's
+//! HTTP/2 codec (driven by [`crate::http::h2`]) behind the connection guard (by preface or
+//! ALPN), until it closes or drains.
 
 use super::*;
 
@@ -152,53 +153,29 @@ pub async fn serve<I>(
         return;
     }
     guard.set_http2();
-
-    let svc_cm = cm.clone();
-    let svc_shared = shared.clone();
-    let svc = service_fn(move |req: Request<Incoming>| {
-        conn_stats.saw(req.version());
-        let req = req.map(DownstreamBody::H2);
-        // Boxed: the codec keeps a slot for every stream's future.
-        Box::pin(svc_cm.clone().handle(req, ds, svc_shared.stream_started()))
-    });
-    // The guard has already told the protocol apart, so hyper's HTTP/2 connection is used
-    // directly (hyper-util's auto connection would sniff the preface again through a rewind
-    // buffer on every read).
-    let io = TokioIo::new(guard);
-    Box::pin(serve_http2(&cm, io, svc, drain, idle)).await
-}
-
-async fn serve_http2<I, S>(
-    cm: &ConnectionManager,
-    io: TokioIo<Guard<I>>,
-    svc: S,
-    drain: std::pin::Pin<&mut impl Future<Output = ()>>,
-    idle: std::pin::Pin<&mut impl Future<Output = ()>>,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = ResponseBody> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
     let h2 = cm.http2;
-    let mut h2b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    h2b.timer(TokioTimer::new())
-        .max_concurrent_streams(h2.max_concurrent_streams)
-        .initial_stream_window_size(h2.initial_stream_window_size)
-        .initial_connection_window_size(h2.initial_connection_window_size)
-        .max_header_list_size(cm.max_request_headers_kb * 1024)
+    let settings = crate::http::h2::server::Settings {
+        max_concurrent_streams: h2.max_concurrent_streams,
+        initial_stream_window_size: h2.initial_stream_window_size,
+        initial_connection_window_size: h2.initial_connection_window_size,
+        header_table_size: h2.hpack_table_size,
+        max_header_list_size: cm.max_request_headers_kb * 1024,
         // Rapid Reset: streams reset before they were accepted; MadeYouReset: streams
         // legate had to reset because the client broke the protocol. Either over its
         // limit is a GOAWAY (ENHANCE_YOUR_CALM), counted as
         // downstream_rq_too_many_premature_resets.
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
-        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
-    if let Some((interval, timeout)) = h2.keepalive {
-        h2b.keep_alive_interval(interval)
-            .keep_alive_timeout(timeout);
-    }
-    let conn = std::pin::pin!(h2b.serve_connection(io, svc));
-    run_until_closed(cm, conn, drain, idle, |c| c.graceful_shutdown()).await;
+        max_pending_accept_reset_streams: MAX_PENDING_ACCEPT_RESET_STREAMS,
+        max_local_error_reset_streams: MAX_LOCAL_ERROR_RESET_STREAMS,
+        keepalive: h2.keepalive,
+    };
+    let conn =
+        crate::http::h2::server::Conn::new(guard, settings, cm.clone(), ds, shared, conn_stats);
+    // Boxed: an HTTP/2 connection's state is not part of every HTTP/1.1 connection's future.
+    let mut conn = Box::pin(conn);
+    run_until_closed(&cm, conn.as_mut(), drain, idle, |c| {
+        c.get_mut().graceful_shutdown()
+    })
+    .await;
 }
 
 /// Poll the codec until the connection closes; a drain or the idle timeout asks it to finish

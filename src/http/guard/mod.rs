@@ -1,5 +1,5 @@
 //! The downstream connection's guard: protocol detection for every connection, and for HTTP/2
-//! an I/O layer between the socket and hyper/h2 that enforces what they leave open. (HTTP/1.1
+//! an I/O layer between the socket and h2 that enforces what it leaves open. (HTTP/1.1
 //! has legate's own codec, [`crate::http::h1`], which applies the same limits itself.)
 //!
 //! - **Protocol detection** (`codec_type: AUTO`): the first bytes decide HTTP/1.1 or HTTP/2
@@ -75,6 +75,8 @@ pub struct GuardStats {
     pub http2_outbound_flood: Counter,
     pub http2_outbound_control_flood: Counter,
     pub http2_tx_flush_timeout: Counter,
+    /// Connections closed because a keepalive PING went unanswered.
+    pub http2_keepalive_timeout: Counter,
     pub http2_header_overflow: Counter,
 }
 
@@ -658,6 +660,7 @@ pub(crate) fn test_config() -> GuardConfig {
             http2_outbound_flood: s.counter("f"),
             http2_outbound_control_flood: s.counter("g"),
             http2_tx_flush_timeout: s.counter("h"),
+            http2_keepalive_timeout: s.counter("j"),
             http2_header_overflow: s.counter("i"),
         },
     }

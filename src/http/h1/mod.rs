@@ -5,7 +5,7 @@
 //! enforces Envoy's limits, once by hyper), every body byte crossed a channel, and hyper's
 //! per-connection buffers cost more than an idle connection should. Here one parse both checks
 //! and builds the request, a body frame is a slice of the read buffer handed over in a slot, and
-//! an idle connection holds no buffer at all. HTTP/2 stays on hyper and h2.
+//! an idle connection holds no buffer at all. HTTP/2 is h2's codec ([`crate::http::h2`]).
 
 pub mod body;
 pub mod request;

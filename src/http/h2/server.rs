@@ -1,0 +1,397 @@
+//! One downstream HTTP/2 connection: h2's codec, with every stream's request run inside the
+//! connection's own task.
+//!
+//! Envoy runs all of a connection's streams on the worker that owns the connection; so does
+//! this. A stream is a future in the connection's [`FuturesUnordered`], not a task of its own, so
+//! a request costs no spawn and no cross-task wake-ups between the stream and the codec that
+//! writes its frames.
+
+use super::body::H2Body;
+use crate::http::body::{BoxError, DownstreamBody, ResponseBody};
+use crate::http::connection_manager::{ConnectionManager, ConnectionStats, Downstream};
+use crate::http::guard::ConnShared;
+use crate::http::headers::strip_hop_by_hop;
+use bytes::{Buf, Bytes};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::server::{Connection, Handshake, SendResponse};
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use http::{header, HeaderValue, Request, Response, Version};
+use http_body::Body;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+/// The codec's settings, from the connection manager's `http2_protocol_options`.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub max_concurrent_streams: u32,
+    pub initial_stream_window_size: u32,
+    pub initial_connection_window_size: u32,
+    /// `hpack_table_size`: the HPACK table the client may use for what it sends.
+    pub header_table_size: u32,
+    pub max_header_list_size: u32,
+    /// Streams the client resets before they are accepted (Rapid Reset).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams legate resets because the client broke the protocol on them (MadeYouReset).
+    pub max_local_error_reset_streams: usize,
+    /// `connection_keepalive`: PING every `interval`, close if no answer within `timeout`.
+    pub keepalive: Option<(Duration, Duration)>,
+}
+
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Serves one connection until it closes. A [`Conn::graceful_shutdown`] sends GOAWAY and lets
+/// the streams in flight finish.
+pub struct Conn<I> {
+    state: State<I>,
+    streams: FuturesUnordered<StreamFuture>,
+    cm: Arc<ConnectionManager>,
+    ds: Downstream,
+    shared: Arc<ConnShared>,
+    stats: Arc<ConnectionStats>,
+    keepalive: Option<(Duration, Duration)>,
+    ping: Option<KeepAlive>,
+    shutdown: bool,
+}
+
+enum State<I> {
+    Handshaking(Handshake<I, Bytes>),
+    Serving(Connection<I, Bytes>),
+}
+
+impl<I> Conn<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    pub fn new(
+        io: I,
+        settings: Settings,
+        cm: Arc<ConnectionManager>,
+        ds: Downstream,
+        shared: Arc<ConnShared>,
+        stats: Arc<ConnectionStats>,
+    ) -> Self {
+        let mut b = h2::server::Builder::new();
+        b.max_concurrent_streams(settings.max_concurrent_streams)
+            .initial_window_size(settings.initial_stream_window_size)
+            .initial_connection_window_size(settings.initial_connection_window_size)
+            .header_table_size(settings.header_table_size)
+            .max_header_list_size(settings.max_header_list_size)
+            .max_pending_accept_reset_streams(settings.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(Some(settings.max_local_error_reset_streams));
+        Conn {
+            state: State::Handshaking(b.handshake(io)),
+            streams: FuturesUnordered::new(),
+            cm,
+            ds,
+            shared,
+            stats,
+            keepalive: settings.keepalive,
+            ping: None,
+            shutdown: false,
+        }
+    }
+
+    /// GOAWAY now; the connection ends once the streams in flight have.
+    pub fn graceful_shutdown(&mut self) {
+        self.shutdown = true;
+        if let State::Serving(c) = &mut self.state {
+            c.graceful_shutdown();
+        }
+    }
+}
+
+impl<I> Future for Conn<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if let State::Handshaking(h) = &mut this.state {
+            let Ok(mut conn) = ready!(Pin::new(h).poll(cx)) else {
+                return Poll::Ready(());
+            };
+            if this.shutdown {
+                conn.graceful_shutdown();
+            }
+            if let Some((interval, timeout)) = this.keepalive {
+                this.ping = conn
+                    .ping_pong()
+                    .map(|pp| KeepAlive::new(pp, interval, timeout));
+            }
+            this.state = State::Serving(conn);
+        }
+        let State::Serving(conn) = &mut this.state else {
+            return Poll::Ready(());
+        };
+        loop {
+            // The codec first: it reads frames, writes what the streams queued, and hands over
+            // new streams. `None` comes once GOAWAY has been exchanged and every stream is done;
+            // an error has already been sent to the client as GOAWAY.
+            let mut any = false;
+            loop {
+                match conn.poll_accept(cx) {
+                    Poll::Ready(Some(Ok((req, respond)))) => {
+                        any = true;
+                        this.streams.push(Box::pin(stream(
+                            &this.cm,
+                            this.ds,
+                            &this.shared,
+                            &this.stats,
+                            req,
+                            respond,
+                        )));
+                    }
+                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                    Poll::Pending => break,
+                }
+            }
+            // Then the streams; what they send wakes this task to write it.
+            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
+            if !any {
+                break;
+            }
+        }
+        // No PONG in time: the peer is gone or stuck; close without waiting on it.
+        match this.ping.as_mut().map(|ka| ka.poll(cx)) {
+            Some(Poll::Ready(())) => {
+                this.cm
+                    .guard_config()
+                    .stats
+                    .http2_keepalive_timeout
+                    .increment(1);
+                Poll::Ready(())
+            }
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// One stream: the request through the connection manager, then the response out.
+fn stream(
+    cm: &Arc<ConnectionManager>,
+    ds: Downstream,
+    shared: &Arc<ConnShared>,
+    stats: &ConnectionStats,
+    req: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+) -> impl Future<Output = ()> + Send + 'static {
+    stats.saw(Version::HTTP_2);
+    let content_length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let req = req.map(|recv| DownstreamBody::H2(H2Body::new(recv, content_length)));
+    Stream {
+        handler: cm.clone().handle(req, ds, shared.stream_started()),
+        respond,
+        sending: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A hand-written future rather than an `async fn`: the handler's state (kilobytes: the
+    /// upstream exchange lives in it) is kept once, where an `async fn` taking it would hold
+    /// it twice, as its argument and as the pinned local it is polled from.
+    struct Stream<F> {
+        #[pin]
+        handler: F,
+        respond: SendResponse<Bytes>,
+        sending: Option<Sending>,
+    }
+}
+
+struct Sending {
+    tx: SendStream<Bytes>,
+    body: ResponseBody,
+    /// A frame waiting for the client's window.
+    pending: Option<(Bytes, bool)>,
+}
+
+impl<F> Future for Stream<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, h2::Error>>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if let Some(s) = this.sending.as_mut() {
+            return pipe(s, cx);
+        }
+        let resp = match this.handler.poll(cx) {
+            Poll::Ready(Ok(resp)) => resp,
+            Poll::Ready(Err(e)) => {
+                this.respond
+                    .send_reset(e.reason().unwrap_or(Reason::INTERNAL_ERROR));
+                return Poll::Ready(());
+            }
+            // The client's RST_STREAM cancels the request: dropping the handler ends its
+            // upstream exchange and logs the stream.
+            Poll::Pending => return this.respond.poll_reset(cx).map(|_| ()),
+        };
+        let (mut head, body) = resp.into_parts();
+        // h2 refuses connection-specific headers; the connection manager has removed them from
+        // upstream responses already, so this is one pass over the names.
+        strip_hop_by_hop(&mut head.headers);
+        if !head.headers.contains_key(header::DATE) {
+            head.headers
+                .insert(header::DATE, crate::http::h1::response::date_value());
+        }
+        let end = body.is_end_stream();
+        if !end {
+            if let Some(len) = body.size_hint().exact() {
+                if !head.headers.contains_key(header::CONTENT_LENGTH) {
+                    head.headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                }
+            }
+        }
+        match this
+            .respond
+            .send_response(Response::from_parts(head, ()), end)
+        {
+            Ok(tx) if !end => {
+                let s = this.sending.insert(Sending {
+                    tx,
+                    body,
+                    pending: None,
+                });
+                pipe(s, cx)
+            }
+            Ok(_) => Poll::Ready(()),
+            Err(_) => {
+                this.respond.send_reset(Reason::INTERNAL_ERROR);
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+/// The response body into the stream, a frame at a time: the next frame is not taken from the
+/// upstream before the client's window has room for this one. Ends on the body's end, the
+/// client's reset, or the body's error (which resets the stream).
+fn pipe(s: &mut Sending, cx: &mut Context<'_>) -> Poll<()> {
+    let Sending { tx, body, pending } = s;
+    let mut body = Pin::new(body);
+    loop {
+        if tx.poll_reset(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if let Some((data, end)) = pending.take() {
+            while tx.capacity() == 0 {
+                match tx.poll_capacity(cx) {
+                    Poll::Ready(Some(Ok(0))) => {}
+                    Poll::Ready(Some(Ok(_))) => break,
+                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                    Poll::Pending => {
+                        *pending = Some((data, end));
+                        return Poll::Pending;
+                    }
+                }
+            }
+            if tx.send_data(data, end).is_err() || end {
+                return Poll::Ready(());
+            }
+            continue;
+        }
+        match ready!(body.as_mut().poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let end = body.is_end_stream();
+                    if !data.has_remaining() {
+                        if tx.send_data(data, end).is_err() || end {
+                            return Poll::Ready(());
+                        }
+                        continue;
+                    }
+                    // A claim on the window, not the whole frame: h2 raises it to what is
+                    // buffered, and a small claim cannot pin the connection's window for a
+                    // body that has nothing more to send (hyper #4003).
+                    tx.reserve_capacity(1);
+                    *pending = Some((data, end));
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        tx.reserve_capacity(0);
+                        let _ = tx.send_trailers(trailers);
+                        return Poll::Ready(());
+                    }
+                }
+            },
+            Some(Err(e)) => {
+                tx.send_reset(reset_reason(&e));
+                return Poll::Ready(());
+            }
+            None => {
+                let _ = tx.send_data(Bytes::new(), true);
+                return Poll::Ready(());
+            }
+        }
+    }
+}
+
+/// An upstream's own reset code passes through; anything else is INTERNAL_ERROR.
+fn reset_reason(e: &BoxError) -> Reason {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(c) = cause {
+        if let Some(r) = c.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return r;
+        }
+        cause = c.source();
+    }
+    Reason::INTERNAL_ERROR
+}
+
+/// `connection_keepalive`: a PING every `interval`; no PONG within `timeout` ends the
+/// connection.
+struct KeepAlive {
+    pp: PingPong,
+    interval: Duration,
+    timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    waiting: bool,
+}
+
+impl KeepAlive {
+    fn new(pp: PingPong, interval: Duration, timeout: Duration) -> Self {
+        KeepAlive {
+            pp,
+            interval,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(interval)),
+            waiting: false,
+        }
+    }
+
+    /// Ready when the peer has failed to answer in time.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.waiting {
+                match self.pp.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => {
+                        self.waiting = false;
+                        self.timer.as_mut().reset(Instant::now() + self.interval);
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Pending => {}
+                }
+            }
+            ready!(self.timer.as_mut().poll(cx));
+            if self.waiting {
+                return Poll::Ready(());
+            }
+            if self.pp.send_ping(Ping::opaque()).is_err() {
+                return Poll::Ready(());
+            }
+            self.waiting = true;
+            self.timer.as_mut().reset(Instant::now() + self.timeout);
+        }
+    }
+}
