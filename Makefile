@@ -2,11 +2,12 @@
 #   make run    start legate on config/default.yaml
 #   make test   build and run every test (unit, integration, CLI)
 #   make bench  micro-benchmarks and the load benchmark (installs wrk and nginx when missing)
+#   make pgo    a profile-guided build, target/pgo/release/legate (what make bench measures)
 
 CARGO ?= cargo
 CONFIG ?= config/default.yaml
 
-.PHONY: run test lint bench build release
+.PHONY: run test lint bench build release pgo
 
 build:
 	$(CARGO) build
@@ -28,3 +29,6 @@ lint:
 
 bench:
 	bash benches/load.sh
+
+pgo:
+	PGO_ONLY=1 bash benches/load.sh

@@ -22,7 +22,10 @@ import time
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DURATION = int(os.environ.get("DURATION", "10"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LEGATE = os.path.join(ROOT, "target", "release", "legate")
+# LEGATE_BIN: the binary to measure (benches/load.sh passes the profile-guided build when it
+# could make one); LEGATE_BUILD says in the report which build it is.
+LEGATE = os.environ.get("LEGATE_BIN", os.path.join(ROOT, "target", "release", "legate"))
+LEGATE_BUILD = os.environ.get("LEGATE_BUILD", "release build (`cargo build --release`)")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PIN = shutil.which("taskset") and os.cpu_count() >= 2
 BODY = "x" * 100
@@ -301,10 +304,17 @@ def main():
         if os.environ.get("MEMORY", "1") == "1":
             for t in ["legate", "nginx", "haproxy"]:
                 memory[t] = idle_memory(PORTS[t][0], pids[t])
-        report(results, memory, scenarios, targets)
+        # REPORT=0: a run only for its load (benches/pgo.sh trains on it).
+        if os.environ.get("REPORT", "1") == "1":
+            report(results, memory, scenarios, targets)
     finally:
         for p in procs.values():
             p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
         for pidfile in ("nginx.pid", "upstream.pid"):
             try:
                 os.kill(int(open(f"{work}/{pidfile}").read()), signal.SIGTERM)
@@ -335,7 +345,7 @@ def report(results, memory, scenarios, targets):
              f"upstream keep-alive, no access log. Load generator pinned to CPU 0, upstream and proxy to CPU 1"
              f"{'' if PIN else ' (not pinned: taskset or a second CPU missing)'}. "
              f"{ROUNDS} interleaved rounds of {DURATION}s; median (min–max). CPU/req is the proxy process's own "
-             f"user+system time per request.", ""]
+             f"user+system time per request. legate: {LEGATE_BUILD}.", ""]
     for name, _ in scenarios:
         lines += [f"## {name}", "", "| target | req/s | p99 ms | CPU µs/req |", "|---|---|---|---|"]
         for t in targets:
