@@ -349,8 +349,9 @@ fn reset_reason(e: &BoxError) -> Reason {
     Reason::INTERNAL_ERROR
 }
 
-/// `connection_keepalive`: a PING every `interval`; no PONG within `timeout` ends the
-/// connection.
+/// `connection_keepalive`: a PING every `interval` (plus Envoy's default jitter, up to 15% of
+/// it, so that connections opened together do not ping together); no PONG within `timeout`
+/// ends the connection.
 struct KeepAlive {
     pp: PingPong,
     interval: Duration,
@@ -365,7 +366,7 @@ impl KeepAlive {
             pp,
             interval,
             timeout,
-            timer: Box::pin(tokio::time::sleep(interval)),
+            timer: Box::pin(tokio::time::sleep(jittered(interval))),
             waiting: false,
         }
     }
@@ -377,7 +378,9 @@ impl KeepAlive {
                 match self.pp.poll_pong(cx) {
                     Poll::Ready(Ok(_)) => {
                         self.waiting = false;
-                        self.timer.as_mut().reset(Instant::now() + self.interval);
+                        self.timer
+                            .as_mut()
+                            .reset(Instant::now() + jittered(self.interval));
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(()),
                     Poll::Pending => {}
@@ -394,4 +397,9 @@ impl KeepAlive {
             self.timer.as_mut().reset(Instant::now() + self.timeout);
         }
     }
+}
+
+/// `interval` plus up to 15% of it (Envoy's default `interval_jitter`).
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(1.0 + 0.15 * fastrand::f64())
 }
