@@ -221,3 +221,74 @@ async fn sigterm_as_soon_as_the_listener_accepts_still_exits_zero() {
         .unwrap_or_else(|| panic!("legate did not exit:\n{}", legate.stderr()));
     assert_eq!(status.code(), Some(0), "{status}: {}", legate.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_http2_streams_in_flight_finish_then_sends_goaway() {
+    let up = Upstream::start("slow", |_req| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Response::builder().body(full(slow_body())).unwrap()
+    })
+    .await;
+    let (mut legate, addr, _admin) = start(&up).await;
+
+    let client = H2Conn::open(addr).await;
+    let url = format!("http://{addr}/in-flight");
+    let in_flight = {
+        let mut sender = client.sender.clone();
+        let req = Request::get(url.as_str())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(15), async move {
+                let resp = sender.send_request(req).await?;
+                let (parts, body) = resp.into_parts();
+                let body = http_body_util::BodyExt::collect(body).await?.to_bytes();
+                Ok::<_, hyper::Error>((parts.status, body))
+            })
+            .await
+        })
+    };
+    for _ in 0..250 {
+        if up.request_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        up.request_count(),
+        1,
+        "the stream never reached the upstream"
+    );
+
+    legate.signal(libc::SIGTERM);
+    legate
+        .wait_for_log("draining", Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("no drain logged:\n{}", legate.stderr()));
+
+    // The stream in flight when the drain began completes, whole.
+    let (status, body) = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight stream finished in time")
+        .expect("the in-flight stream completed");
+    assert_eq!(status, 200);
+    assert!(body == slow_body(), "the in-flight body was corrupted");
+
+    // The connection was told to go away: hyper's client sees it closed.
+    let mut closed = false;
+    for _ in 0..250 {
+        if client.sender.is_closed() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "the HTTP/2 connection outlived the drain");
+    let status = legate
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("legate did not exit after draining:\n{}", legate.stderr()));
+    assert_eq!(status.code(), Some(0), "{}", legate.stderr());
+    assert_eq!(up.request_count(), 1);
+}
