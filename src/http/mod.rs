@@ -9,6 +9,7 @@
 
 pub mod body;
 pub mod connection_manager;
+pub mod date;
 pub mod grpc;
 pub mod guard;
 pub mod h1;

@@ -3,10 +3,8 @@
 
 use super::wire::itoa_u64;
 use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{StatusCode, Version};
-use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What the response body looks like before it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +147,7 @@ pub fn encode_head(
     }
     if !has_date {
         out.put_slice(b"date: ");
-        put_date(out);
+        out.put_slice(&crate::http::date::now());
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"\r\n");
@@ -170,46 +168,6 @@ fn put_length(out: &mut BytesMut, n: u64) {
     out.put_slice(b"content-length: ");
     out.put_slice(itoa_u64(n).as_bytes());
     out.put_slice(b"\r\n");
-}
-
-thread_local! {
-    /// The IMF-fixdate of the current second, formatted once a second per thread.
-    static DATE: RefCell<(u64, [u8; 29], Option<HeaderValue>)> =
-        const { RefCell::new((u64::MAX, [0; 29], None)) };
-}
-
-/// Runs `f` on the current second's IMF-fixdate, formatted at most once a second per thread.
-fn with_date<R>(f: impl FnOnce(&mut (u64, [u8; 29], Option<HeaderValue>)) -> R) -> R {
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.0 != secs {
-            let text = httpdate::fmt_http_date(now);
-            if text.len() == 29 {
-                d.1.copy_from_slice(text.as_bytes());
-                d.0 = secs;
-                d.2 = None;
-            }
-        }
-        f(&mut d)
-    })
-}
-
-fn put_date(out: &mut BytesMut) {
-    with_date(|d| out.put_slice(&d.1));
-}
-
-/// The `date` header's value for this second, shared (a clone is a reference count, not a
-/// copy), for codecs that send headers as a map.
-pub fn date_value() -> HeaderValue {
-    with_date(|d| {
-        if d.2.is_none() {
-            d.2 = HeaderValue::from_bytes(&d.1).ok();
-        }
-        d.2.clone()
-            .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
-    })
 }
 
 #[cfg(test)]

@@ -242,7 +242,7 @@ where
         strip_hop_by_hop(&mut head.headers);
         if !head.headers.contains_key(header::DATE) {
             head.headers
-                .insert(header::DATE, crate::http::h1::response::date_value());
+                .insert(header::DATE, crate::http::date::value());
         }
         let end = body.is_end_stream();
         if !end {
