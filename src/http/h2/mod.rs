@@ -6,6 +6,8 @@
 //! connection's task, as Envoy keeps a connection's streams on its worker.
 
 pub mod body;
+pub mod keepalive;
+pub mod pipe;
 pub mod server;
 
 pub use body::H2Body;

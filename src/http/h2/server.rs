@@ -7,14 +7,16 @@
 //! writes its frames.
 
 use super::body::H2Body;
-use crate::http::body::{BoxError, DownstreamBody, ResponseBody};
+use super::keepalive::KeepAlive;
+use super::pipe::Pipe;
+use crate::http::body::{DownstreamBody, ResponseBody};
 use crate::http::connection_manager::{ConnectionManager, ConnectionStats, Downstream};
 use crate::http::guard::ConnShared;
 use crate::http::headers::strip_hop_by_hop;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::{Connection, Handshake, SendResponse};
-use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use h2::{Reason, RecvStream};
 use http::{header, HeaderValue, Request, Response, Version};
 use http_body::Body;
 use std::future::Future;
@@ -23,7 +25,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, Sleep};
 
 /// The codec's settings, from the connection manager's `http2_protocol_options`.
 #[derive(Debug, Clone, Copy)]
@@ -203,15 +204,8 @@ pin_project_lite::pin_project! {
         #[pin]
         handler: F,
         respond: SendResponse<Bytes>,
-        sending: Option<Sending>,
+        sending: Option<Pipe<ResponseBody>>,
     }
-}
-
-struct Sending {
-    tx: SendStream<Bytes>,
-    body: ResponseBody,
-    /// A frame waiting for the client's window.
-    pending: Option<(Bytes, bool)>,
 }
 
 impl<F> Future for Stream<F>
@@ -222,8 +216,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
-        if let Some(s) = this.sending.as_mut() {
-            return pipe(s, cx);
+        if let Some(p) = this.sending.as_mut() {
+            return p.poll_send(cx);
         }
         let resp = match this.handler.poll(cx) {
             Poll::Ready(Ok(resp)) => resp,
@@ -257,14 +251,7 @@ where
             .respond
             .send_response(Response::from_parts(head, ()), end)
         {
-            Ok(tx) if !end => {
-                let s = this.sending.insert(Sending {
-                    tx,
-                    body,
-                    pending: None,
-                });
-                pipe(s, cx)
-            }
+            Ok(tx) if !end => this.sending.insert(Pipe::new(body, tx)).poll_send(cx),
             Ok(_) => Poll::Ready(()),
             Err(_) => {
                 this.respond.send_reset(Reason::INTERNAL_ERROR);
@@ -272,134 +259,4 @@ where
             }
         }
     }
-}
-
-/// The response body into the stream, a frame at a time: the next frame is not taken from the
-/// upstream before the client's window has room for this one. Ends on the body's end, the
-/// client's reset, or the body's error (which resets the stream).
-fn pipe(s: &mut Sending, cx: &mut Context<'_>) -> Poll<()> {
-    let Sending { tx, body, pending } = s;
-    let mut body = Pin::new(body);
-    loop {
-        if tx.poll_reset(cx).is_ready() {
-            return Poll::Ready(());
-        }
-        if let Some((data, end)) = pending.take() {
-            while tx.capacity() == 0 {
-                match tx.poll_capacity(cx) {
-                    Poll::Ready(Some(Ok(0))) => {}
-                    Poll::Ready(Some(Ok(_))) => break,
-                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
-                    Poll::Pending => {
-                        *pending = Some((data, end));
-                        return Poll::Pending;
-                    }
-                }
-            }
-            if tx.send_data(data, end).is_err() || end {
-                return Poll::Ready(());
-            }
-            continue;
-        }
-        match ready!(body.as_mut().poll_frame(cx)) {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    let end = body.is_end_stream();
-                    if !data.has_remaining() {
-                        if tx.send_data(data, end).is_err() || end {
-                            return Poll::Ready(());
-                        }
-                        continue;
-                    }
-                    // A claim on the window, not the whole frame: h2 raises it to what is
-                    // buffered, and a small claim cannot pin the connection's window for a
-                    // body that has nothing more to send (hyper #4003).
-                    tx.reserve_capacity(1);
-                    *pending = Some((data, end));
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        tx.reserve_capacity(0);
-                        let _ = tx.send_trailers(trailers);
-                        return Poll::Ready(());
-                    }
-                }
-            },
-            Some(Err(e)) => {
-                tx.send_reset(reset_reason(&e));
-                return Poll::Ready(());
-            }
-            None => {
-                let _ = tx.send_data(Bytes::new(), true);
-                return Poll::Ready(());
-            }
-        }
-    }
-}
-
-/// An upstream's own reset code passes through; anything else is INTERNAL_ERROR.
-fn reset_reason(e: &BoxError) -> Reason {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-    while let Some(c) = cause {
-        if let Some(r) = c.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
-            return r;
-        }
-        cause = c.source();
-    }
-    Reason::INTERNAL_ERROR
-}
-
-/// `connection_keepalive`: a PING every `interval` (plus Envoy's default jitter, up to 15% of
-/// it, so that connections opened together do not ping together); no PONG within `timeout`
-/// ends the connection.
-struct KeepAlive {
-    pp: PingPong,
-    interval: Duration,
-    timeout: Duration,
-    timer: Pin<Box<Sleep>>,
-    waiting: bool,
-}
-
-impl KeepAlive {
-    fn new(pp: PingPong, interval: Duration, timeout: Duration) -> Self {
-        KeepAlive {
-            pp,
-            interval,
-            timeout,
-            timer: Box::pin(tokio::time::sleep(jittered(interval))),
-            waiting: false,
-        }
-    }
-
-    /// Ready when the peer has failed to answer in time.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            if self.waiting {
-                match self.pp.poll_pong(cx) {
-                    Poll::Ready(Ok(_)) => {
-                        self.waiting = false;
-                        self.timer
-                            .as_mut()
-                            .reset(Instant::now() + jittered(self.interval));
-                    }
-                    Poll::Ready(Err(_)) => return Poll::Ready(()),
-                    Poll::Pending => {}
-                }
-            }
-            ready!(self.timer.as_mut().poll(cx));
-            if self.waiting {
-                return Poll::Ready(());
-            }
-            if self.pp.send_ping(Ping::opaque()).is_err() {
-                return Poll::Ready(());
-            }
-            self.waiting = true;
-            self.timer.as_mut().reset(Instant::now() + self.timeout);
-        }
-    }
-}
-
-/// `interval` plus up to 15% of it (Envoy's default `interval_jitter`).
-fn jittered(interval: Duration) -> Duration {
-    interval.mul_f64(1.0 + 0.15 * fastrand::f64())
 }
