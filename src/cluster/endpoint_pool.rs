@@ -17,12 +17,12 @@ use super::circuit_breaker::Slot;
 use super::{Cluster, Host, HostStats};
 use crate::bootstrap::{Http2Settings, UpstreamProtocol};
 use crate::http::body::RequestBody;
+use crate::http::h2::{keepalive::KeepAlive, pipe::Pipe, H2Body};
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use crossbeam_queue::SegQueue;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http::{header, Request, Response};
+use http_body::Body;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub use super::h1_conn::{H1Conn, H1Error, Upgraded};
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Idle connections kept per host beyond this are closed; Envoy's default max_connections.
 const MAX_IDLE: usize = 1024;
-/// Envoy's default `max_response_headers_kb` (60 KiB); hyper's HTTP/2 client default is 16 KiB.
+/// Envoy's default `max_response_headers_kb` (60 KiB).
 const MAX_RESPONSE_HEADER_LIST: u32 = 60 * 1024;
 
 pub struct EndpointPool {
@@ -56,18 +56,25 @@ struct Idle {
 
 /// One HTTP/2 connection and how many of its streams are in use.
 pub struct H2Conn {
-    sender: http2::SendRequest<RequestBody>,
+    sender: h2::client::SendRequest<Bytes>,
     active: AtomicUsize,
     /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS, copied by the connection task each time it
-    /// runs (hyper exposes it only on the connection future).
+    /// runs (h2 exposes it only on the connection).
     peer_max_streams: Arc<AtomicUsize>,
+    /// Set when the connection ended, or refused a new stream (GOAWAY): no stream is taken on
+    /// it any more.
+    closed: Arc<AtomicBool>,
     /// The configured `max_concurrent_streams`; the peer's SETTINGS may lower it.
     max_streams: usize,
 }
 
 impl H2Conn {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     fn try_acquire(self: &Arc<Self>) -> Option<H2Stream> {
-        if self.sender.is_closed() {
+        if self.is_closed() {
             return None;
         }
         let limit = self
@@ -111,10 +118,10 @@ pub enum Upstream {
 }
 
 /// A response body: HTTP/1.1 bodies are read from the connection itself (kept in the
-/// [`Upstream`] beside the body), HTTP/2 bodies come from hyper's stream.
+/// [`Upstream`] beside the body), HTTP/2 bodies from the h2 stream.
 pub enum UpstreamBody {
     H1,
-    H2(Incoming),
+    H2(H2Body),
 }
 
 /// Why sending failed. The request comes back when it never left (a connection found closed
@@ -129,7 +136,7 @@ pub enum UpstreamError {
     #[error(transparent)]
     H1(#[from] H1Error),
     #[error(transparent)]
-    H2(#[from] hyper::Error),
+    H2(#[from] h2::Error),
 }
 
 pub struct PooledConn {
@@ -156,15 +163,61 @@ impl PooledConn {
                     unsent: e.unsent,
                 }),
             },
-            Upstream::H2(s) => match s.conn.sender.clone().try_send_request(req).await {
-                Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
-                Err(mut e) => Err(SendError {
-                    unsent: e.take_message(),
-                    error: e.into_error().into(),
-                }),
-            },
+            Upstream::H2(s) => send_h2(&s.conn, req).await,
         }
     }
+}
+
+/// One request on an HTTP/2 connection, from the request's own task: h2's `SendRequest` queues
+/// the stream's frames for the connection task directly (no channel and no reply hop, as
+/// hyper's client had). A request body is pumped by a task of its own, as it may outlive the
+/// response head (gRPC streams).
+async fn send_h2(
+    conn: &H2Conn,
+    req: Request<RequestBody>,
+) -> Result<Response<UpstreamBody>, SendError> {
+    let mut tx = conn.sender.clone();
+    if let Err(e) = std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
+        // GOAWAY or a closed connection: nothing was sent, and no later stream may use it.
+        conn.closed.store(true, Ordering::Relaxed);
+        return Err(SendError {
+            error: e.into(),
+            unsent: Some(req),
+        });
+    }
+    let (mut head, body) = req.into_parts();
+    // h2 refuses connection-specific headers (a WebSocket upgrade's, say) rather than drop them.
+    crate::http::headers::strip_hop_by_hop(&mut head.headers);
+    let end = body.is_end_stream();
+    if !end {
+        if let Some(len) = body.size_hint().exact() {
+            if !head.headers.contains_key(header::CONTENT_LENGTH) {
+                head.headers
+                    .insert(header::CONTENT_LENGTH, http::HeaderValue::from(len));
+            }
+        }
+    }
+    let (response, stream) = match tx.send_request(Request::from_parts(head, ()), end) {
+        Ok(sent) => sent,
+        Err(e) => {
+            return Err(SendError {
+                error: e.into(),
+                unsent: None,
+            })
+        }
+    };
+    if !end {
+        tokio::spawn(Pipe::new(body, stream));
+    }
+    let resp = response.await.map_err(|e| SendError {
+        error: e.into(),
+        unsent: None,
+    })?;
+    let length = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    Ok(resp.map(|recv| UpstreamBody::H2(H2Body::new(recv, length))))
 }
 
 pub use super::transport::ConnectError;
@@ -261,11 +314,8 @@ impl EndpointPool {
         let conn = Box::pin(self.connect_h2(cluster, host, settings)).await?;
         let stream = conn.try_acquire();
         self.h2.rcu(|conns| {
-            let mut next: Vec<Arc<H2Conn>> = conns
-                .iter()
-                .filter(|c| !c.sender.is_closed())
-                .cloned()
-                .collect();
+            let mut next: Vec<Arc<H2Conn>> =
+                conns.iter().filter(|c| !c.is_closed()).cloned().collect();
             next.push(conn.clone());
             next
         });
@@ -314,11 +364,11 @@ impl EndpointPool {
                 self.idle.push(idle);
             }
         }
-        if self.h2.load().iter().any(|c| c.sender.is_closed()) {
+        if self.h2.load().iter().any(|c| c.is_closed()) {
             self.h2.rcu(|conns| {
                 conns
                     .iter()
-                    .filter(|c| !c.sender.is_closed())
+                    .filter(|c| !c.is_closed())
                     .cloned()
                     .collect::<Vec<_>>()
             });
@@ -403,10 +453,9 @@ impl EndpointPool {
     ) -> Result<Arc<H2Conn>, ConnectError> {
         let (stream, slot) = self.dial(cluster, host).await?;
         cluster.stats.upstream_cx_http2_total.increment(1);
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        let mut builder = h2::client::Builder::new();
         builder
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(s.initial_stream_window_size)
+            .initial_window_size(s.initial_stream_window_size)
             .initial_connection_window_size(s.initial_connection_window_size)
             .header_table_size(s.hpack_table_size)
             .max_header_list_size(MAX_RESPONSE_HEADER_LIST)
@@ -414,30 +463,23 @@ impl EndpointPool {
             // real stream limit is known, so a burst never overruns a small limit (which the
             // peer would answer with REFUSED_STREAM) nor opens connections it did not need.
             .initial_max_send_streams(0);
-        if let Some((interval, timeout)) = s.keepalive {
-            builder
-                .keep_alive_interval(interval)
-                .keep_alive_timeout(timeout)
-                .keep_alive_while_idle(true);
-        }
-        let (sender, conn) = builder
-            .handshake::<_, RequestBody>(TokioIo::new(stream))
-            .await?;
+        let (sender, mut conn) = builder
+            .handshake::<_, Bytes>(stream)
+            .await
+            .map_err(ConnectError::Handshake)?;
         let active = Self::active_guard(cluster, host, slot);
-        // hyper drives the HTTP/2 I/O in a task of its own, so the peer's SETTINGS show up in
-        // the stream limit without this task being woken: look every millisecond (they come
-        // right after the peer's preface), within the connect timeout. A peer that allows no
-        // stream (0) is a connect failure.
-        let mut conn = Box::pin(conn);
+        // The peer's SETTINGS come right after its preface: drive the connection until they
+        // have, within the connect timeout. A peer that allows no stream (0) is a connect
+        // failure.
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
-        while conn.current_max_send_streams() == 0 {
+        while conn.max_concurrent_send_streams() == 0 {
             if tokio::time::Instant::now() >= deadline {
                 return Err(ConnectError::Io(std::io::Error::other(
                     "no usable SETTINGS from the upstream (MAX_CONCURRENT_STREAMS 0 or missing)",
                 )));
             }
             tokio::select! {
-                r = conn.as_mut() => {
+                r = &mut conn => {
                     return Err(match r {
                         Err(e) => ConnectError::Handshake(e),
                         Ok(()) => ConnectError::Io(std::io::Error::other("upstream closed the connection")),
@@ -446,45 +488,59 @@ impl EndpointPool {
                 _ = tokio::time::sleep(Duration::from_millis(1)) => {}
             }
         }
-        let peer_max_streams = Arc::new(AtomicUsize::new(conn.current_max_send_streams()));
-        let watched = WatchMaxStreams {
+        let peer_max_streams = Arc::new(AtomicUsize::new(conn.max_concurrent_send_streams()));
+        let closed = Arc::new(AtomicBool::new(false));
+        let ping = s.keepalive.and_then(|(interval, timeout)| {
+            conn.ping_pong()
+                .map(|pp| KeepAlive::new(pp, interval, timeout))
+        });
+        let driver = H2Driver {
             conn,
+            ping,
             max: peer_max_streams.clone(),
+            closed: closed.clone(),
         };
         tokio::spawn(async move {
             let _active = active;
-            let _ = watched.await;
+            driver.await;
         });
         Ok(Arc::new(H2Conn {
             sender,
             active: AtomicUsize::new(0),
             peer_max_streams,
+            closed,
             max_streams: s.max_concurrent_streams as usize,
         }))
     }
 }
 
-type H2Connection = http2::Connection<TokioIo<UpstreamIo>, RequestBody, TokioExecutor>;
-
-/// Drives an HTTP/2 connection's request dispatch and republishes the peer's stream limit each
-/// time it runs (at least once per request), so a later SETTINGS change is seen.
-struct WatchMaxStreams {
-    conn: std::pin::Pin<Box<H2Connection>>,
+/// Drives an HTTP/2 connection (its reads, and the frames its streams queue), republishes the
+/// peer's stream limit each time it runs (at least once per request) so a later SETTINGS change
+/// is seen, sends keepalive PINGs, and marks the connection closed when it ends.
+struct H2Driver {
+    conn: h2::client::Connection<UpstreamIo, Bytes>,
+    ping: Option<KeepAlive>,
     max: Arc<AtomicUsize>,
+    closed: Arc<AtomicBool>,
 }
 
-impl std::future::Future for WatchMaxStreams {
-    type Output = hyper::Result<()>;
+impl std::future::Future for H2Driver {
+    type Output = ();
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
+    ) -> std::task::Poll<()> {
         let this = &mut *self;
-        let out = this.conn.as_mut().poll(cx);
+        let out = std::pin::Pin::new(&mut this.conn).poll(cx);
         this.max
-            .store(this.conn.current_max_send_streams(), Ordering::Relaxed);
-        out
+            .store(this.conn.max_concurrent_send_streams(), Ordering::Relaxed);
+        let dead = out.is_ready() || this.ping.as_mut().is_some_and(|ka| ka.poll(cx).is_ready());
+        if dead {
+            this.closed.store(true, Ordering::Relaxed);
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
     }
 }
 

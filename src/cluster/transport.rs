@@ -26,7 +26,7 @@ pub enum ConnectError {
     #[error("TLS_error: {0}")]
     Tls(io::Error),
     #[error("handshake error: {0}")]
-    Handshake(#[from] hyper::Error),
+    Handshake(#[from] h2::Error),
     /// A circuit breaker (`max_connections`, `max_pending_requests`) is at its limit; nothing
     /// was dialed.
     #[error("overflow")]

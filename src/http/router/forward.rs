@@ -167,16 +167,8 @@ fn check_response<B>(resp: &Response<B>) -> Result<(), &'static str> {
 }
 
 /// The HTTP/2 error that says the upstream never processed the stream (RFC 9113 §8.7).
-fn refused_stream(err: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away() && h2.is_remote());
-        }
-        source = e.source();
-    }
-    false
+fn refused_stream(err: &h2::Error) -> bool {
+    err.reason() == Some(h2::Reason::REFUSED_STREAM) || (err.is_go_away() && err.is_remote())
 }
 
 /// Map a failure of an HTTP/1.1 exchange before response headers to Envoy's answer.
@@ -196,21 +188,13 @@ fn classify_h1(cluster: &Cluster, err: &H1Error) -> LocalReply {
 }
 
 /// Map a failure of an HTTP/2 stream before response headers to Envoy's answer.
-fn classify(cluster: &Cluster, err: &hyper::Error) -> LocalReply {
-    if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
-        return LocalReply::UpstreamProtocolError;
-    }
+fn classify(cluster: &Cluster, err: &h2::Error) -> LocalReply {
     cluster.stats.upstream_rq_rx_reset.increment(1);
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            if h2.is_reset() && h2.is_remote() {
-                return LocalReply::RemoteReset;
-            }
-        }
-        source = e.source();
+    if err.is_reset() && err.is_remote() {
+        LocalReply::RemoteReset
+    } else {
+        LocalReply::ConnectionTermination
     }
-    LocalReply::ConnectionTermination
 }
 
 /// HTTP/1.1 upstreams take origin-form targets and `Host`; HTTP/2 upstreams take `:scheme` and
