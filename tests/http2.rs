@@ -482,3 +482,96 @@ async fn upstream_goaway_mid_load_loses_nothing_and_retries_only_refused_streams
         "GOAWAY after 7 requests must have made legate open new connections"
     );
 }
+
+/// An HTTP/2 upstream written frame by frame: it answers every request `200` with no body and
+/// never answers a PING. Returns its address and, per connection, what it saw before EOF.
+async fn mute_pinging_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<common::raw::Frame>>,
+) {
+    use common::raw::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done, seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut hello = settings(&[(0x3, 100)]);
+                hello.extend(frame(SETTINGS, ACK, 0, &[]));
+                if s.write_all(&hello).await.is_err() {
+                    return;
+                }
+                let mut buf = Vec::new();
+                let mut frames = Vec::new();
+                let mut preface = PREFACE.len();
+                let mut tmp = [0u8; 16384];
+                loop {
+                    let n = match s.read(&mut tmp).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&tmp[..n]);
+                    let skip = preface.min(buf.len());
+                    buf.drain(..skip);
+                    preface -= skip;
+                    while buf.len() >= 9 {
+                        let len =
+                            (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+                        if buf.len() < 9 + len {
+                            break;
+                        }
+                        let f = Frame {
+                            kind: buf[3],
+                            flags: buf[4],
+                            stream: u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]])
+                                & 0x7fff_ffff,
+                            payload: buf[9..9 + len].to_vec(),
+                        };
+                        buf.drain(..9 + len);
+                        if f.kind == HEADERS && f.flags & END_STREAM != 0 {
+                            // `:status: 200` is static-table index 8.
+                            let reply = frame(HEADERS, END_HEADERS | END_STREAM, f.stream, &[0x88]);
+                            let _ = s.write_all(&reply).await;
+                        }
+                        frames.push(f);
+                    }
+                }
+                let _ = done.send(frames);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connection_keepalive_closes_a_peer_that_stops_answering_pings() {
+    let (up, mut seen) = mute_pinging_upstream().await;
+    let clusters = h2_cluster_with(
+        "c",
+        &[up],
+        "{ connection_keepalive: { interval: 0.2s, timeout: 0.3s } }",
+    );
+    let legate = Legate::start(&config(&route_all_to("c"), &clusters)).await;
+    assert_eq!(bounded("request", get(&legate.url("/"))).await.status, 200);
+    let started = Instant::now();
+    // The upstream sees PINGs, answers none, and legate closes the connection.
+    let frames = bounded("upstream EOF", seen.recv())
+        .await
+        .expect("a connection");
+    let lived = started.elapsed();
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.kind == common::raw::PING && f.flags & common::raw::ACK == 0),
+        "no keepalive PING reached the upstream"
+    );
+    assert!(
+        lived < Duration::from_secs(3),
+        "closed one interval plus one timeout after the request, not {lived:?}"
+    );
+    legate.wait_stat("cluster.c.upstream_cx_destroy", 1).await;
+    // The next request opens a fresh connection.
+    assert_eq!(bounded("request", get(&legate.url("/"))).await.status, 200);
+}
