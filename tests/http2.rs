@@ -490,53 +490,30 @@ async fn mute_pinging_upstream() -> (
     tokio::sync::mpsc::UnboundedReceiver<Vec<common::raw::Frame>>,
 ) {
     use common::raw::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (done, seen) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
+        while let Ok((s, _)) = listener.accept().await {
             let done = done.clone();
             tokio::spawn(async move {
+                let mut h = H2 { s, buf: Vec::new() };
                 let mut hello = settings(&[(0x3, 100)]);
                 hello.extend(frame(SETTINGS, ACK, 0, &[]));
-                if s.write_all(&hello).await.is_err() {
+                h.send(&hello).await;
+                let mut preface = [0u8; PREFACE.len()];
+                if h.s.read_exact(&mut preface).await.is_err() {
                     return;
                 }
-                let mut buf = Vec::new();
                 let mut frames = Vec::new();
-                let mut preface = PREFACE.len();
-                let mut tmp = [0u8; 16384];
-                loop {
-                    let n = match s.read(&mut tmp).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&tmp[..n]);
-                    let skip = preface.min(buf.len());
-                    buf.drain(..skip);
-                    preface -= skip;
-                    while buf.len() >= 9 {
-                        let len =
-                            (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
-                        if buf.len() < 9 + len {
-                            break;
-                        }
-                        let f = Frame {
-                            kind: buf[3],
-                            flags: buf[4],
-                            stream: u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]])
-                                & 0x7fff_ffff,
-                            payload: buf[9..9 + len].to_vec(),
-                        };
-                        buf.drain(..9 + len);
-                        if f.kind == HEADERS && f.flags & END_STREAM != 0 {
-                            // `:status: 200` is static-table index 8.
-                            let reply = frame(HEADERS, END_HEADERS | END_STREAM, f.stream, &[0x88]);
-                            let _ = s.write_all(&reply).await;
-                        }
-                        frames.push(f);
+                while let Some(f) = h.next(Duration::from_secs(30)).await {
+                    if f.kind == HEADERS && f.flags & END_STREAM != 0 {
+                        // `:status: 200` is static-table index 8.
+                        h.send(&frame(HEADERS, END_HEADERS | END_STREAM, f.stream, &[0x88]))
+                            .await;
                     }
+                    frames.push(f);
                 }
                 let _ = done.send(frames);
             });
