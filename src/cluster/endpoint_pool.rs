@@ -17,12 +17,11 @@ use super::circuit_breaker::Slot;
 use super::{Cluster, Host, HostStats};
 use crate::bootstrap::{Http2Settings, UpstreamProtocol};
 use crate::http::body::RequestBody;
-use crate::http::h2::{keepalive::KeepAlive, pipe::Pipe, H2Body};
+use crate::http::h2::{keepalive::KeepAlive, pipe::set_length, pipe::Pipe, H2Body};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
-use http::{header, Request, Response};
-use http_body::Body;
+use http::{Request, Response};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -188,15 +187,7 @@ async fn send_h2(
     let (mut head, body) = req.into_parts();
     // h2 refuses connection-specific headers (a WebSocket upgrade's, say) rather than drop them.
     crate::http::headers::strip_hop_by_hop(&mut head.headers);
-    let end = body.is_end_stream();
-    if !end {
-        if let Some(len) = body.size_hint().exact() {
-            if !head.headers.contains_key(header::CONTENT_LENGTH) {
-                head.headers
-                    .insert(header::CONTENT_LENGTH, http::HeaderValue::from(len));
-            }
-        }
-    }
+    let end = set_length(&mut head.headers, &body);
     let (response, stream) = match tx.send_request(Request::from_parts(head, ()), end) {
         Ok(sent) => sent,
         Err(e) => {
@@ -213,11 +204,9 @@ async fn send_h2(
         error: e.into(),
         unsent: None,
     })?;
-    let length = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    Ok(resp.map(|recv| UpstreamBody::H2(H2Body::new(recv, length))))
+    let (parts, recv) = resp.into_parts();
+    let body = UpstreamBody::H2(H2Body::new(recv, &parts.headers));
+    Ok(Response::from_parts(parts, body))
 }
 
 pub use super::transport::ConnectError;

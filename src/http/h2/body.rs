@@ -14,11 +14,14 @@ pub struct H2Body {
 }
 
 impl H2Body {
-    pub fn new(recv: RecvStream, content_length: Option<u64>) -> Self {
+    /// The body of a message whose head is `headers`.
+    pub fn new(recv: RecvStream, headers: &http::HeaderMap) -> Self {
         H2Body {
             recv,
             data_done: false,
-            remaining: content_length,
+            remaining: headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
         }
     }
 }

@@ -9,6 +9,20 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+/// Whether `body` is empty (the head then ends the stream); if not and its size is known,
+/// `content-length` says so unless the head has one already.
+pub fn set_length<B: Body>(headers: &mut http::HeaderMap, body: &B) -> bool {
+    if body.is_end_stream() {
+        return true;
+    }
+    if let Some(len) = body.size_hint().exact() {
+        headers
+            .entry(http::header::CONTENT_LENGTH)
+            .or_insert_with(|| http::HeaderValue::from(len));
+    }
+    false
+}
+
 /// A body into an HTTP/2 stream, a frame at a time: the next frame is not taken from the body
 /// before the peer's window has room for this one. Ends on the body's end, the peer's reset, or
 /// the body's error (which resets the stream).

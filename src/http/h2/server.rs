@@ -8,7 +8,7 @@
 
 use super::body::H2Body;
 use super::keepalive::KeepAlive;
-use super::pipe::Pipe;
+use super::pipe::{set_length, Pipe};
 use crate::http::body::{DownstreamBody, ResponseBody};
 use crate::http::connection_manager::{ConnectionManager, ConnectionStats, Downstream};
 use crate::http::guard::ConnShared;
@@ -17,8 +17,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::{Connection, Handshake, SendResponse};
 use h2::{Reason, RecvStream};
-use http::{header, HeaderValue, Request, Response, Version};
-use http_body::Body;
+use http::{header, Request, Response, Version};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -184,11 +183,9 @@ fn stream(
     respond: SendResponse<Bytes>,
 ) -> impl Future<Output = ()> + Send + 'static {
     stats.saw(Version::HTTP_2);
-    let content_length = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    let req = req.map(|recv| DownstreamBody::H2(H2Body::new(recv, content_length)));
+    let (parts, recv) = req.into_parts();
+    let body = DownstreamBody::H2(H2Body::new(recv, &parts.headers));
+    let req = Request::from_parts(parts, body);
     Stream {
         handler: cm.clone().handle(req, ds, shared.stream_started()),
         respond,
@@ -238,15 +235,7 @@ where
             head.headers
                 .insert(header::DATE, crate::http::date::value());
         }
-        let end = body.is_end_stream();
-        if !end {
-            if let Some(len) = body.size_hint().exact() {
-                if !head.headers.contains_key(header::CONTENT_LENGTH) {
-                    head.headers
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                }
-            }
-        }
+        let end = set_length(&mut head.headers, &body);
         match this
             .respond
             .send_response(Response::from_parts(head, ()), end)
