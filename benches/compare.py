@@ -143,8 +143,15 @@ backend be
 backend be_h2
   server s1 127.0.0.1:{UP_H2} proto h2
 """)
+    # Every server gets a session of its own, as a daemon or a service would. nginx
+    # daemonizes itself (setsid); a foreground child would share this script's
+    # session, and with the kernel's autogroups enabled it would share one CPU
+    # weight with the load generator running on the other core: on core 1 it then
+    # counts as half a task against the upstream and is preempted at every wake-up
+    # of the upstream (measured: 0.26 preemptions per request instead of 0.07).
     procs["haproxy"] = subprocess.Popen(pin(1, ["haproxy", "-f", f"{work}/haproxy.cfg"]),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
     cert = open(f"{work}/cert.pem").read()
     key = open(f"{work}/key.pem").read()
     indent = lambda s, n: "\n".join(" " * n + line for line in s.strip().splitlines())
@@ -193,7 +200,8 @@ static_resources:
     load_assignment: {{ cluster_name: up_h2, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {UP_H2} }} }} }} }}] }}] }}
 """)
     procs["legate"] = subprocess.Popen(pin(1, [LEGATE, "--concurrency", "1", "-l", "error", "-c", f"{work}/legate.yaml"]),
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       start_new_session=True)
     for port in (UP_H1, UP_H2, *[p for ps in PORTS.values() for p in ps if p], *H2C_PORTS.values()):
         wait_port(port)
     nginx_master = int(open(f"{work}/nginx.pid").read())
