@@ -157,6 +157,18 @@ pub(super) struct H2Track {
     pub(super) goaway_pending: Option<Vec<u8>>,
 }
 
+/// One clock read for all the frames of one read or one write: a client's read carries many
+/// streams' frames, and h2 writes many responses at once, so reading the clock per frame cost
+/// three reads per request for timestamps that only ever measure seconds.
+#[derive(Default)]
+pub(super) struct BatchClock(Option<Instant>);
+
+impl BatchClock {
+    pub(super) fn get(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+}
+
 impl H2Track {
     pub(super) fn new() -> Self {
         H2Track {
@@ -186,6 +198,7 @@ impl H2Track {
 
     /// Frames from the client.
     pub(super) fn observe_in(&mut self, data: &[u8], cfg: &GuardConfig) {
+        let mut now = BatchClock::default();
         let mut events: Vec<(bool, FrameHead, u32)> = Vec::new();
         self.rd.feed(data, &mut |ev| match ev {
             FrameEvent::Start(h) => events.push((true, h, 0)),
@@ -193,20 +206,20 @@ impl H2Track {
         });
         for (start, h, code) in events {
             if start {
-                self.frame_in_start(h);
+                self.frame_in_start(h, &mut now);
             } else if h.kind == FRAME_RST_STREAM {
                 cfg.stats.http2_rx_reset.increment(1);
                 let _ = code;
                 if let Some(s) = self.streams.remove(&h.stream) {
                     let done = s.remote_end && s.local_end;
-                    let early = s.opened.elapsed() < PREMATURE_LIFETIME;
+                    let early = now.get().saturating_duration_since(s.opened) < PREMATURE_LIFETIME;
                     self.stream_closed(&s, !done && early && !s.resetting, cfg);
                 }
             }
         }
     }
 
-    pub(super) fn frame_in_start(&mut self, h: FrameHead) {
+    pub(super) fn frame_in_start(&mut self, h: FrameHead, now: &mut BatchClock) {
         match h.kind {
             FRAME_HEADERS => {
                 if h.flags & FLAG_END_HEADERS == 0 {
@@ -214,7 +227,7 @@ impl H2Track {
                 }
                 if h.stream > self.max_client_stream && h.stream % 2 == 1 {
                     self.max_client_stream = h.stream;
-                    let now = Instant::now();
+                    let now = now.get();
                     self.streams.insert(
                         h.stream,
                         StreamTrack {
@@ -301,6 +314,7 @@ impl H2Track {
     pub(super) fn append_out(&mut self, data: &[u8], wbuf: &mut BytesMut, cfg: &GuardConfig) {
         // Feed frame by frame so injected frames can go in at each boundary.
         let mut rest = data;
+        let mut clock = BatchClock::default();
         while !rest.is_empty() {
             let step = if self.wr.at_boundary() {
                 9.min(rest.len())
@@ -324,20 +338,27 @@ impl H2Track {
             self.appended += now.len() as u64;
             rest = later;
             if let Some((h, code, debug)) = ended {
-                self.frame_out(h, code, &debug, cfg);
+                self.frame_out(h, code, &debug, cfg, &mut clock);
                 self.append_injections(wbuf, cfg);
             }
         }
     }
 
     /// Record one complete outgoing frame.
-    pub(super) fn frame_out(&mut self, h: FrameHead, code: u32, debug: &[u8], cfg: &GuardConfig) {
+    pub(super) fn frame_out(
+        &mut self,
+        h: FrameHead,
+        code: u32,
+        debug: &[u8],
+        cfg: &GuardConfig,
+        clock: &mut BatchClock,
+    ) {
         let control = matches!(h.kind, FRAME_PING | FRAME_SETTINGS | FRAME_RST_STREAM);
         self.queued.push_back((self.appended, control));
         if control {
             self.queued_control += 1;
         }
-        let now = Instant::now();
+        let now = clock.get();
         match h.kind {
             FRAME_HEADERS | FRAME_DATA => {
                 if let Some(s) = self.streams.get_mut(&h.stream) {
@@ -372,7 +393,8 @@ impl H2Track {
                         | REASON_FLOW_CONTROL_ERROR
                         | REASON_STREAM_CLOSED
                         | REASON_FRAME_SIZE_ERROR => {
-                            let early = s.opened.elapsed() < PREMATURE_LIFETIME;
+                            let early =
+                                now.saturating_duration_since(s.opened) < PREMATURE_LIFETIME;
                             self.stream_closed(&s, early && !s.resetting, cfg);
                         }
                         _ => self.stream_closed(&s, false, cfg),
