@@ -172,8 +172,11 @@ http {{ access_log off; keepalive_requests 10000000;
         wait_port(UPSTREAM)
         for r in range(ROUNDS):
             for n in (1, 2):
+                # A session of its own, as in compare.py: not sharing an autogroup (one CPU
+                # weight) with wrk.
                 p = subprocess.Popen([LEGATE, "--concurrency", str(n), "-l", "error", "-c", path],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
                 try:
                     wait_port(PROXY)
                     # Warm up: upstream connections, the allocator.
