@@ -18,7 +18,7 @@ use super::local_reply::LocalReply;
 use bytes::{Buf, BytesMut};
 use http2::*;
 use metrics::Counter;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
