@@ -19,7 +19,6 @@ use crate::http::connection_manager::Downstream;
 use crate::listener::Listener;
 use crate::server::ServerContext;
 use metrics::Counter;
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -78,13 +77,13 @@ impl ConnectionRef {
 #[derive(Default)]
 pub struct ConnectionRegistry {
     next_id: AtomicU64,
-    connections: Mutex<HashMap<u64, ConnectionRef>>,
+    connections: Mutex<foldhash::HashMap<u64, ConnectionRef>>,
     /// Notified when the last connection leaves.
     empty: Notify,
 }
 
 impl ConnectionRegistry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, ConnectionRef>> {
+    fn lock(&self) -> MutexGuard<'_, foldhash::HashMap<u64, ConnectionRef>> {
         self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
 

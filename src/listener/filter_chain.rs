@@ -34,6 +34,13 @@ pub struct Cidr {
     pub len: u8,
 }
 
+impl ChainMatch {
+    /// No criterion set: the chain takes any connection.
+    pub fn matches_all(&self) -> bool {
+        *self == ChainMatch::default()
+    }
+}
+
 impl Cidr {
     pub fn parse(prefix: &str, len: Option<u32>) -> Result<Cidr, String> {
         let addr: IpAddr = prefix
@@ -185,6 +192,21 @@ pub fn select(chains: &[&ChainMatch], m: &ConnMeta<'_>) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_empty_match_matches_all() {
+        assert!(ChainMatch::default().matches_all());
+        let sni = ChainMatch {
+            server_names: vec!["a.example.com".into()],
+            ..Default::default()
+        };
+        assert!(!sni.matches_all());
+        let port = ChainMatch {
+            destination_port: Some(443),
+            ..Default::default()
+        };
+        assert!(!port.matches_all());
+    }
 
     fn meta<'a>(sni: Option<&'a str>, transport: &'a str, alpn: &'a [String]) -> ConnMeta<'a> {
         ConnMeta {
