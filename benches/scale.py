@@ -156,6 +156,22 @@ def startup(work):
     return lines
 
 
+def worker_ticks(pid):
+    """CPU ticks per worker thread (`legate-worker`) of one process, by thread id."""
+    ticks = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+            if "legate-worker" not in head:
+                continue
+            fields = rest.split()
+            ticks[tid] = int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return ticks
+
+
 def concurrency(work):
     nginx = "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else "nginx"
     write(f"{work}/upstream.conf", f"""
@@ -183,13 +199,18 @@ http {{ access_log off; keepalive_requests 10000000;
                     subprocess.run(["wrk", "-t1", "-c50", "-d1s", f"http://127.0.0.1:{PROXY}/"],
                                    capture_output=True)
                     before = cpu_seconds([p.pid])
+                    ticks = worker_ticks(p.pid)
                     rps, reqs, p99 = run_wrk(PROXY, 50)
                     cpu = (cpu_seconds([p.pid]) - before) * 1e6 / reqs
+                    # How evenly the workers shared the load: the busiest one's share of the
+                    # workers' CPU (0.5 is an even split of two).
+                    used = [t - ticks.get(tid, 0) for tid, t in worker_ticks(p.pid).items()]
+                    busiest = max(used) / sum(used) if sum(used) else 1.0
                 finally:
                     stop(p)
-                results[n].append((rps, p99, cpu))
+                results[n].append((rps, p99, cpu, busiest))
                 print(f"  round {r + 1}: --concurrency {n}: {rps:8.0f} req/s  p99 {p99:.3f} ms  "
-                      f"cpu/req {cpu:.1f} us", file=sys.stderr)
+                      f"cpu/req {cpu:.1f} us  busiest worker {busiest:.0%}", file=sys.stderr)
     finally:
         try:
             os.kill(int(open(f"{work}/upstream.pid").read()), signal.SIGTERM)
@@ -200,11 +221,13 @@ http {{ access_log off; keepalive_requests 10000000;
              f"wrk -t1 -c50, nginx upstream, {ROUNDS} interleaved rounds; median (min–max). Nothing pinned: "
              f"on this {os.cpu_count()}-CPU machine the load generator and the upstream share the cores "
              "with legate's workers, so this is not the scaling legate would show on free cores.", "",
-             "| workers | req/s | p99 ms | CPU µs/req |", "|---|---|---|---|"]
+             "| workers | req/s | p99 ms | CPU µs/req | busiest worker's share of the workers' CPU |",
+             "|---|---|---|---|---|"]
     for n in (1, 2):
         rs = results[n]
+        share = statistics.median(r[3] for r in rs)
         lines.append(f"| {n} | {fmt([r[0] for r in rs], 0)} | {fmt([r[1] for r in rs], 3)} | "
-                     f"{fmt([r[2] for r in rs], 1)} |")
+                     f"{fmt([r[2] for r in rs], 1)} | {share:.0%} |")
     ratio = statistics.median(r[0] for r in results[2]) / statistics.median(r[0] for r in results[1])
     lines += ["", f"req/s with 2 workers / 1 worker = {ratio:.2f}."]
     return lines
