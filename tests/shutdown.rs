@@ -17,6 +17,17 @@ fn slow_body() -> Vec<u8> {
 }
 
 /// Starts a legate process in front of `up`; returns it with its listener and admin addresses.
+/// Wait (at most 2.5 s) until the upstream has seen `n` requests; fail with `what` otherwise.
+async fn wait_upstream_requests(up: &Upstream, n: usize, what: &str) {
+    for _ in 0..250 {
+        if up.request_count() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.request_count(), n, "{what}");
+}
+
 async fn start(up: &Upstream) -> (LegateProcess, SocketAddr, SocketAddr) {
     let (port, admin) = (free_port(), free_port());
     let yaml = standalone_config(port, admin, up.addr);
@@ -77,17 +88,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         tokio::time::timeout(Duration::from_secs(15), busy.send(get_req("/in-flight"))).await
     });
     // The request has reached the upstream: it is in flight.
-    for _ in 0..250 {
-        if up.request_count() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        up.request_count(),
-        2,
-        "the in-flight request never reached the upstream"
-    );
+    wait_upstream_requests(&up, 2, "the in-flight request never reached the upstream").await;
 
     legate.signal(libc::SIGTERM);
     legate
@@ -248,17 +249,7 @@ async fn sigterm_lets_http2_streams_in_flight_finish_then_sends_goaway() {
             .await
         })
     };
-    for _ in 0..250 {
-        if up.request_count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        up.request_count(),
-        1,
-        "the stream never reached the upstream"
-    );
+    wait_upstream_requests(&up, 1, "the stream never reached the upstream").await;
 
     legate.signal(libc::SIGTERM);
     legate
