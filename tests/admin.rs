@@ -1,7 +1,7 @@
 //! The admin API: readiness, server info, stats in Envoy's text, JSON and Prometheus forms,
 //! `/clusters`, `/listeners`, `/quitquitquit`.
 
-mod common;
+use crate::common;
 use common::*;
 
 use bytes::Bytes;

@@ -1,7 +1,7 @@
 //! The command line: version, validate mode, config errors with their field paths, `-c` merged
 //! with `--config-yaml`, JSON configs, and serving from a file.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::net::SocketAddr;

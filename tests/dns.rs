@@ -1,6 +1,6 @@
 //! STRICT_DNS clusters: endpoints named by hostname are resolved and reachable.
 
-mod common;
+use crate::common;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

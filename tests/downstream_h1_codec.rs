@@ -4,7 +4,7 @@
 //! that does not wait, bytes behind a WebSocket upgrade, a drain mid-head, pipelining behind a
 //! slow response, and TLS (no vectored writes). Raw clients where the bytes matter.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::h1wire::{header_values, Client, Peer, ScriptedUpstream};

@@ -3,7 +3,7 @@
 //! request targets and reason phrases. These pin today's wire behaviour so that a new codec
 //! cannot change it silently.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::h1wire::{self, header_values};

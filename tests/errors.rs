@@ -2,7 +2,7 @@
 //! breaks off mid-body or hangs up before answering. Each must reach the client as Envoy's local
 //! reply (status, body), be logged with Envoy's response flag, and leave legate serving.
 
-mod common;
+use crate::common;
 use common::*;
 
 use bytes::Bytes;

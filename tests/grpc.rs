@@ -2,7 +2,7 @@
 //! through, deadlines (`grpc-timeout`) and cancellation, and legate's own gRPC local replies
 //! (trailers-only, HTTP 200 with `grpc-status`).
 
-mod common;
+use crate::common;
 use bytes::Bytes;
 use common::*;
 use http::Request;

@@ -1,7 +1,7 @@
 //! Hostile HTTP/1.1 input: every bad request gets its answer and its stat, the upstream never
 //! sees it, and other clients are served meanwhile.
 
-mod common;
+use crate::common;
 
 use common::raw::{self, exchange, status};
 use common::*;

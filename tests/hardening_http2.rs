@@ -2,7 +2,7 @@
 //! of the connection (Rapid Reset, MadeYouReset, CONTINUATION and control-frame floods) ends it
 //! with a GOAWAY; other clients are served throughout.
 
-mod common;
+use crate::common;
 
 use common::raw::*;
 use common::*;

@@ -2,7 +2,7 @@
 //! HTTP/2 upstream clusters, protocol translation both ways, multiplexing limits, and flow
 //! control isolation between streams.
 
-mod common;
+use crate::common;
 use bytes::Bytes;
 use common::*;
 use http::{Request, Response, Version};

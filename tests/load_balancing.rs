@@ -2,7 +2,7 @@
 //! sockets, what the client gets, what the access log and `/stats` say, and config errors with
 //! their field paths.
 
-mod common;
+use crate::common;
 use common::*;
 
 use http::Request;

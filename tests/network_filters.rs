@@ -1,7 +1,7 @@
 //! Network filters before the HTTP connection manager: RBAC, local rate limit and connection
 //! limit, over real sockets on 127.0.0.1, and their configuration errors.
 
-mod common;
+use crate::common;
 
 use common::*;
 use legate::bootstrap::{self, ConfigSource};

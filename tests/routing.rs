@@ -1,6 +1,6 @@
 //! Routing: virtual-host domain rules, path matching, direct responses, rewrites, round robin.
 
-mod common;
+use crate::common;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

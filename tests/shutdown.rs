@@ -1,7 +1,7 @@
 //! Graceful shutdown of the real process: SIGTERM drains (in-flight requests finish, new
 //! connections are refused, idle ones closed) and exits 0; so does `POST /quitquitquit`.
 
-mod common;
+use crate::common;
 use common::*;
 
 use bytes::Bytes;

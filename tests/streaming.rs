@@ -1,7 +1,7 @@
 //! Streaming: large bodies pass byte-exact in both directions, whatever their framing, and legate
 //! never holds a whole body in memory (a slow client slows the upstream instead).
 
-mod common;
+use crate::common;
 use common::*;
 
 use bytes::Bytes;

@@ -1,7 +1,7 @@
 //! Supervision: a failing actor costs as little traffic as possible, restarts are counted, and a
 //! manager that keeps failing stops the server.
 
-mod common;
+use crate::common;
 use common::*;
 
 use bytes::Bytes;

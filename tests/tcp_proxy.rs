@@ -1,7 +1,7 @@
 //! `envoy.filters.network.tcp_proxy`: plain TCP, idle timeout, weighted clusters, connect
 //! failure, TLS termination in front of a TCP service, and TLS passthrough routed by SNI.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::net::SocketAddr;

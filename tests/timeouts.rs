@@ -1,7 +1,7 @@
 //! Slow and silent peers are bounded: request heads, whole requests, idle streams, idle
 //! connections, the HTTP/2 preface and readers that stop reading. Others are served meanwhile.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::raw::{self, exchange, status, H2};

@@ -3,7 +3,7 @@
 //! upstreams (CA, expiry, SAN, SNI), the TLS inspector's timeout and `/certs`. Certificates are
 //! made at test time by a test CA.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::time::{Duration, Instant, SystemTime};

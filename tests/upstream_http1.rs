@@ -4,7 +4,7 @@
 //! malformed or misbehaving upstreams. The upstreams are scripted on raw TCP so every byte on
 //! the wire is the test's choice; the clients are real hyper clients.
 
-mod common;
+use crate::common;
 use common::*;
 
 use bytes::Bytes;

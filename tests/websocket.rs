@@ -1,7 +1,7 @@
 //! WebSocket upgrades through legate (`upgrade_configs: [{ upgrade_type: websocket }]`): text
 //! and binary echo, and a close from either side ending the proxied connection.
 
-mod common;
+use crate::common;
 use common::*;
 use futures_util::SinkExt;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! HTTP/1.1 responses or closes, never panics, never hangs a connection it has answered to, and
 //! goes on serving other clients. Valid requests come back echoed byte for byte.
 
-mod common;
+use crate::common;
 
 use common::*;
 use proptest::prelude::*;
