@@ -16,7 +16,16 @@ fn slow_body() -> Vec<u8> {
     (0..256 * 1024u32).map(|i| (i % 251) as u8).collect()
 }
 
-/// Starts a legate process in front of `up`; returns it with its listener and admin addresses.
+/// An upstream that answers every request after 1.5 s with [`slow_body`]: requests stay in
+/// flight while legate is told to stop.
+async fn slow_upstream() -> Upstream {
+    Upstream::start("slow", |_req| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Response::builder().body(full(slow_body())).unwrap()
+    })
+    .await
+}
+
 /// Wait (at most 2.5 s) until the upstream has seen `n` requests; fail with `what` otherwise.
 async fn wait_upstream_requests(up: &Upstream, n: usize, what: &str) {
     for _ in 0..250 {
@@ -28,6 +37,7 @@ async fn wait_upstream_requests(up: &Upstream, n: usize, what: &str) {
     assert_eq!(up.request_count(), n, "{what}");
 }
 
+/// Starts a legate process in front of `up`; returns it with its listener and admin addresses.
 async fn start(up: &Upstream) -> (LegateProcess, SocketAddr, SocketAddr) {
     let (port, admin) = (free_port(), free_port());
     let yaml = standalone_config(port, admin, up.addr);
@@ -68,11 +78,7 @@ async fn served(addr: SocketAddr) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
-    let up = Upstream::start("slow", |_req| async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        Response::builder().body(full(slow_body())).unwrap()
-    })
-    .await;
+    let up = slow_upstream().await;
     let (mut legate, addr, _admin) = start(&up).await;
 
     // An idle keep-alive connection: the drain must close it rather than wait for it.
@@ -225,11 +231,7 @@ async fn sigterm_as_soon_as_the_listener_accepts_still_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_http2_streams_in_flight_finish_then_sends_goaway() {
-    let up = Upstream::start("slow", |_req| async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        Response::builder().body(full(slow_body())).unwrap()
-    })
-    .await;
+    let up = slow_upstream().await;
     let (mut legate, addr, _admin) = start(&up).await;
 
     let client = H2Conn::open(addr).await;
