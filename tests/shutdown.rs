@@ -37,6 +37,15 @@ async fn wait_upstream_requests(up: &Upstream, n: usize, what: &str) {
     assert_eq!(up.request_count(), n, "{what}");
 }
 
+/// SIGTERM, then wait (at most 5 s) until legate logs that it is draining.
+async fn sigterm_until_draining(legate: &mut LegateProcess) {
+    legate.signal(libc::SIGTERM);
+    legate
+        .wait_for_log("draining", Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("no drain logged:\n{}", legate.stderr()));
+}
+
 /// Starts a legate process in front of `up`; returns it with its listener and admin addresses.
 async fn start(up: &Upstream) -> (LegateProcess, SocketAddr, SocketAddr) {
     let (port, admin) = (free_port(), free_port());
@@ -96,11 +105,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     // The request has reached the upstream: it is in flight.
     wait_upstream_requests(&up, 2, "the in-flight request never reached the upstream").await;
 
-    legate.signal(libc::SIGTERM);
-    legate
-        .wait_for_log("draining", Duration::from_secs(5))
-        .await
-        .unwrap_or_else(|| panic!("no drain logged:\n{}", legate.stderr()));
+    sigterm_until_draining(&mut legate).await;
 
     // New connections are turned away while the in-flight request is still running.
     let mut refused = false;
@@ -253,11 +258,7 @@ async fn sigterm_lets_http2_streams_in_flight_finish_then_sends_goaway() {
     };
     wait_upstream_requests(&up, 1, "the stream never reached the upstream").await;
 
-    legate.signal(libc::SIGTERM);
-    legate
-        .wait_for_log("draining", Duration::from_secs(5))
-        .await
-        .unwrap_or_else(|| panic!("no drain logged:\n{}", legate.stderr()));
+    sigterm_until_draining(&mut legate).await;
 
     // The stream in flight when the drain began completes, whole.
     let (status, body) = in_flight
