@@ -99,7 +99,7 @@ async fn stats_text_counts_requests_clusters_and_listeners() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_stats_use_a_configured_port() {
     let up = Upstream::echo("a").await;
-    let port = closed_port().await;
+    let port = free_port();
     let yaml = config(&route_all_to("svc"), &cluster("svc", &[up.addr])).replacen(
         "port_value: 0 } }\n    filter_chains",
         &format!("port_value: {port} }} }}\n    filter_chains"),

@@ -187,10 +187,8 @@ async fn cluster_without_endpoints_is_503_uh() {
 async fn refused_connection_is_503_uf() {
     let good = Upstream::echo("good").await;
     let log = AccessLog::new("uf");
-    let dead: SocketAddr = format!("127.0.0.1:{}", closed_port().await)
-        .parse()
-        .unwrap();
-    let clusters = cluster("good", &[good.addr]) + &cluster("dead", &[dead]);
+    let dead = RefusedAddr::new();
+    let clusters = cluster("good", &[good.addr]) + &cluster("dead", &[dead.addr]);
     let legate = Legate::start(&config_with(
         &vhost(&route("/fault", "dead", "")),
         &clusters,
@@ -216,7 +214,7 @@ async fn refused_connection_is_503_uf() {
     let line = log.line_with("/fault").await;
     assert!(line.contains(" 503 UF "), "{line}");
     assert!(
-        line.contains(&format!("\"{dead}\"")),
+        line.contains(&format!("\"{}\"", dead.addr)),
         "upstream host logged: {line}"
     );
     legate

@@ -194,13 +194,11 @@ async fn weighted_clusters_share_connections_by_weight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connect_failure_closes_the_downstream() {
-    let dead: SocketAddr = format!("127.0.0.1:{}", closed_port().await)
-        .parse()
-        .unwrap();
+    let dead = RefusedAddr::new();
     let legate = Legate::start(&listener_bootstrap(
         "",
         &tcp_chain("dead", "cluster: dead", ""),
-        &cluster("dead", &[dead]),
+        &cluster("dead", &[dead.addr]),
     ))
     .await;
     let mut s = TcpStream::connect(legate.addr).await.unwrap();

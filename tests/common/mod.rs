@@ -164,10 +164,23 @@ impl Upstream {
     }
 }
 
-/// A port nothing listens on (bound, then released).
-pub async fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
+/// An address where every connection is refused: its port stays bound, without listening, for
+/// as long as this lives, so that no other test running alongside can take it.
+pub struct RefusedAddr {
+    _socket: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+impl RefusedAddr {
+    pub fn new() -> RefusedAddr {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        RefusedAddr {
+            _socket: socket,
+            addr,
+        }
+    }
 }
 
 /// A legate server started in-process from YAML.
